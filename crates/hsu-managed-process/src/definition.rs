@@ -254,10 +254,21 @@ impl Default for HealthCheckSpec {
 pub enum HealthCheckKind {
     /// Healthy while the process is alive (observed from the kernel, not polled).
     Process,
-    Http { url: String, method: String },
-    Grpc { address: String, service: String },
-    Tcp { address: String },
-    Exec { command: PathBuf, arguments: Vec<String> },
+    Http {
+        url: String,
+        method: String,
+    },
+    Grpc {
+        address: String,
+        service: String,
+    },
+    Tcp {
+        address: String,
+    },
+    Exec {
+        command: PathBuf,
+        arguments: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

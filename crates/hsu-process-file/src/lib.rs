@@ -1,1 +1,28 @@
-//! placeholder
+//! Files under the manager's base directory: the event journal, PID files and the
+//! manager lock.
+//!
+//! Everything here is plain file I/O with no knowledge of processes beyond their ids and
+//! PIDs. Writes that others read while we run (PID files) are atomic (write, then rename),
+//! so a reader never sees half a file. Nothing here may panic on what it reads back: files
+//! under the base directory can be edited, truncated or left behind by a crash.
+
+mod journal;
+mod lock;
+mod pid_file;
+
+pub use journal::{Journal, JournalError};
+pub use lock::{LockError, ManagerLock};
+pub use pid_file::PidFiles;
+
+/// Writes `contents` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}

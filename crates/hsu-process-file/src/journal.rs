@@ -1,0 +1,139 @@
+//! The event journal: `events.jsonl`, one JSON event a line, `seq` continuing across
+//! manager restarts.
+
+use hsu_common::{Event, EventKind, EventSink};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+#[error("event journal {path}: {source}")]
+pub struct JournalError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Appends events to `events.jsonl`. Cheap to share (`Arc<Journal>`); one line per write
+/// call so concurrent readers never see a torn line.
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    file: File,
+    next_seq: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, continuing after the last `seq` in it.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let err = |source| JournalError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(err)?;
+        let last = last_seq(&mut file).map_err(err)?;
+        Ok(Journal {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner {
+                file,
+                next_seq: last.map_or(1, |s| s + 1),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event and returns it as written.
+    pub fn append(&self, id: Option<&str>, kind: EventKind) -> Result<Event, JournalError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let event = Event {
+            seq: inner.next_seq,
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            id: id.map(str::to_owned),
+            kind,
+        };
+        let mut line = serde_json::to_vec(&event).expect("events always serialize");
+        line.push(b'\n');
+        inner.file.write_all(&line).map_err(|source| JournalError {
+            path: self.path.clone(),
+            source,
+        })?;
+        inner.next_seq += 1;
+        Ok(event)
+    }
+}
+
+impl EventSink for Journal {
+    fn emit(&self, id: Option<&str>, kind: EventKind) {
+        let name = kind.name();
+        match self.append(id, kind) {
+            Ok(event) => tracing::debug!(seq = event.seq, id, kind = name, "event"),
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+}
+
+/// Reads the `seq` of the last complete line; a torn last line (crash mid-write) is skipped.
+fn last_seq(file: &mut File) -> std::io::Result<Option<u64>> {
+    const TAIL: u64 = 64 * 1024;
+    let len = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+    let mut tail = String::new();
+    file.take(TAIL).read_to_string(&mut tail).or_else(|_| {
+        // The tail started inside a multi-byte character; lines are ASCII JSON around it.
+        Ok::<usize, std::io::Error>(0)
+    })?;
+    Ok(tail
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("seq").and_then(|s| s.as_u64())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited() -> EventKind {
+        EventKind::Exited {
+            code: Some(1),
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn seq_continues_across_reopen_and_skips_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.append(Some("a"), exited()).unwrap().seq, 1);
+        assert_eq!(j.append(None, exited()).unwrap().seq, 2);
+        drop(j);
+        // A crash mid-write leaves half a line behind.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":3,\"ts")
+            .unwrap();
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.append(Some("a"), exited()).unwrap().seq, 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first: Event = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first.id.as_deref(), Some("a"));
+        assert_eq!(first.kind, exited());
+        assert!(first.ts.ends_with('Z'));
+    }
+}

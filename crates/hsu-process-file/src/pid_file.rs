@@ -1,0 +1,59 @@
+//! `pids/<id>.pid`: present, holding `"<pid>\n"`, exactly while the process runs.
+
+use std::path::{Path, PathBuf};
+
+/// The `pids/` directory.
+#[derive(Debug, Clone)]
+pub struct PidFiles {
+    dir: PathBuf,
+}
+
+impl PidFiles {
+    pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<PidFiles> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(PidFiles { dir })
+    }
+
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.pid"))
+    }
+
+    pub fn write(&self, id: &str, pid: u32) -> std::io::Result<()> {
+        crate::write_atomic(&self.path(id), format!("{pid}\n").as_bytes())
+    }
+
+    /// Removes the file; a file that is already gone is fine.
+    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The recorded PID, if the file exists and holds one.
+    pub fn read(&self, id: &str) -> Option<u32> {
+        read_pid(&self.path(id))
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = PidFiles::new(dir.path().join("pids")).unwrap();
+        pids.write("web", 4242).unwrap();
+        assert_eq!(std::fs::read_to_string(pids.path("web")).unwrap(), "4242\n");
+        assert_eq!(pids.read("web"), Some(4242));
+        pids.remove("web").unwrap();
+        pids.remove("web").unwrap();
+        assert_eq!(pids.read("web"), None);
+    }
+}

@@ -1,0 +1,237 @@
+//! Linux back end: process groups via process-wrap, `/proc` for the tree, the child
+//! subreaper flag via prctl, and targeted `waitpid` for orphans.
+
+use crate::{ExitInfo, SpawnError, SpawnSpec, TAG_ENV};
+use hsu_common::StopSignal;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use process_wrap::tokio::{CommandWrap, ProcessGroup, ResetSigmask};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
+
+/// PIDs spawned by this manager and not yet reaped by the runtime. The orphan reaper
+/// skips them; spawning and scanning both hold the lock so a child that dies before its
+/// PID is recorded can never be mistaken for an orphan.
+static SPAWNED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn spawned() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    SPAWNED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+pub struct ChildHandle {
+    pid: u32,
+    child: tokio::process::Child,
+    exit: Option<ExitInfo>,
+}
+
+impl ChildHandle {
+    pub async fn wait(&mut self) -> std::io::Result<ExitInfo> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let status = self.child.wait().await?;
+        let exit = ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        };
+        self.exit = Some(exit);
+        if let Some(set) = spawned().as_mut() {
+            set.remove(&self.pid);
+        }
+        Ok(exit)
+    }
+}
+
+pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
+    let program = spec.program.display().to_string();
+    if !spec.working_directory.is_dir() {
+        return Err(SpawnError::NoWorkingDirectory {
+            dir: spec.working_directory.display().to_string(),
+        });
+    }
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.working_directory)
+        .envs(&spec.environment)
+        .env(TAG_ENV, &spec.tag)
+        .stdin(Stdio::null())
+        .stdout(spec.stdout.map_or_else(Stdio::null, Stdio::from))
+        .stderr(spec.stderr.map_or_else(Stdio::null, Stdio::from));
+    let mut wrap = CommandWrap::from(cmd);
+    wrap.wrap(ProcessGroup::leader()).wrap(ResetSigmask);
+
+    let mut registry = spawned();
+    let wrapped = wrap.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SpawnError::NotFound {
+            program: program.clone(),
+        },
+        std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied {
+            program: program.clone(),
+        },
+        _ => SpawnError::Other {
+            program: program.clone(),
+            message: e.to_string(),
+        },
+    })?;
+    // SAFETY: the only wrappers are ProcessGroup (whose child type waits for the whole
+    // group before reporting the leader's exit, which would delay supervision) and
+    // ResetSigmask (pre-exec only). Dropping them removes no cleanup we rely on: the
+    // group is signalled and reaped by `terminate_tree` and the orphan reaper instead.
+    let child = unsafe { wrapped.try_into_inner_child() }.map_err(|_| SpawnError::Other {
+        program: program.clone(),
+        message: "process-wrap returned no native child".into(),
+    })?;
+    let pid = child.id().ok_or_else(|| SpawnError::Other {
+        program,
+        message: "exited before its PID could be read".into(),
+    })?;
+    registry.get_or_insert_with(HashSet::new).insert(pid);
+    drop(registry);
+    Ok((
+        pid,
+        ChildHandle {
+            pid,
+            child,
+            exit: None,
+        },
+    ))
+}
+
+fn to_signal(signal: StopSignal) -> Signal {
+    match signal {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Int => Signal::SIGINT,
+        StopSignal::Quit => Signal::SIGQUIT,
+        StopSignal::Hup => Signal::SIGHUP,
+        StopSignal::Usr1 => Signal::SIGUSR1,
+        StopSignal::Usr2 => Signal::SIGUSR2,
+        StopSignal::Kill => Signal::SIGKILL,
+    }
+}
+
+pub fn signal_group(pgid: u32, signal: StopSignal) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        if pgid > 1 {
+            let _ = killpg(Pid::from_raw(pgid), to_signal(signal));
+        }
+    }
+}
+
+pub fn signal_process(pid: u32, signal: StopSignal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            let _ = kill(Pid::from_raw(pid), to_signal(signal));
+        }
+    }
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+        Ok(stat) => !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => false,
+    }
+}
+
+pub fn become_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+}
+
+/// One row of the process table: what the tree walk needs.
+struct Row {
+    pid: u32,
+    ppid: u32,
+    pgrp: u32,
+    zombie: bool,
+}
+
+fn table() -> Vec<Row> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(|p| p.ok()?.stat().ok())
+        .map(|s| Row {
+            pid: s.pid as u32,
+            ppid: s.ppid as u32,
+            pgrp: s.pgrp as u32,
+            zombie: matches!(s.state, 'Z' | 'X' | 'x'),
+        })
+        .collect()
+}
+
+fn has_tag(pid: u32, tag: &str) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.environ())
+        .is_ok_and(|env| {
+            env.get(std::ffi::OsStr::new(TAG_ENV))
+                .is_some_and(|v| v.as_encoded_bytes() == tag.as_bytes())
+        })
+}
+
+pub fn tree(root: u32, tag: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let rows = table();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for r in rows.iter().filter(|r| !r.zombie) {
+        children.entry(r.ppid).or_default().push(r.pid);
+    }
+    let spawned_now: HashSet<u32> = spawned().clone().unwrap_or_default();
+    let mut roots: Vec<u32> = rows
+        .iter()
+        .filter(|r| !r.zombie)
+        .filter(|r| {
+            r.pid == root
+                || r.pgrp == root
+                || (r.ppid == me && !spawned_now.contains(&r.pid) && has_tag(r.pid, tag))
+        })
+        .map(|r| r.pid)
+        .collect();
+    let mut seen: HashSet<u32> = HashSet::new();
+    while let Some(pid) = roots.pop() {
+        if pid == me || !seen.insert(pid) {
+            continue;
+        }
+        if let Some(kids) = children.get(&pid) {
+            roots.extend(kids);
+        }
+    }
+    let mut out: Vec<u32> = seen.into_iter().collect();
+    out.sort_unstable();
+    out
+}
+
+pub fn reap_orphans() -> usize {
+    let me = std::process::id();
+    // Hold the registry for the whole scan: see SPAWNED.
+    let registry = spawned();
+    let mut reaped = 0;
+    for row in table() {
+        let ours = registry.as_ref().is_some_and(|s| s.contains(&row.pid));
+        if row.ppid == me && row.zombie && !ours {
+            if let Ok(pid) = i32::try_from(row.pid) {
+                if waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok() {
+                    reaped += 1;
+                }
+            }
+        }
+    }
+    reaped
+}
+
+pub struct ChildEventStream(tokio::signal::unix::Signal);
+
+impl ChildEventStream {
+    pub async fn recv(&mut self) -> Option<()> {
+        self.0.recv().await
+    }
+}
+
+pub fn child_events() -> std::io::Result<ChildEventStream> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map(ChildEventStream)
+}
