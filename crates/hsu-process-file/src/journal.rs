@@ -90,11 +90,10 @@ fn last_seq(file: &mut File) -> std::io::Result<Option<u64>> {
     const TAIL: u64 = 64 * 1024;
     let len = file.seek(SeekFrom::End(0))?;
     file.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
-    let mut tail = String::new();
-    file.take(TAIL).read_to_string(&mut tail).or_else(|_| {
-        // The tail started inside a multi-byte character; lines are ASCII JSON around it.
-        Ok::<usize, std::io::Error>(0)
-    })?;
+    let mut bytes = Vec::new();
+    file.take(TAIL).read_to_end(&mut bytes)?;
+    // The tail may start inside a multi-byte character: only whole lines are parsed.
+    let tail = String::from_utf8_lossy(&bytes);
     Ok(tail
         .lines()
         .rev()

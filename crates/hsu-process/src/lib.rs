@@ -186,14 +186,13 @@ pub async fn terminate_tree(
     // (not our children) can only be watched, so it is checked every POLL while stopping.
     loop {
         if exit.is_none() {
-            match tokio::time::timeout_at(
+            if let Ok(status) = tokio::time::timeout_at(
                 deadline.min(tokio::time::Instant::now() + POLL),
                 child.wait(),
             )
             .await
             {
-                Ok(status) => exit = Some(status?),
-                Err(_) => {}
+                exit = Some(status?);
             }
         } else {
             tokio::time::sleep(
