@@ -1,1 +1,228 @@
-fn main() {}
+//! `hsu-process-manager`: runs the manager in the foreground, or validates a config.
+//!
+//! A thin layer over `hsu-process-management`: argument parsing, logging set-up, the base
+//! directory and its lock, signals, and exit codes (0 ok, 1 failure, 2 usage or config
+//! error).
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use hsu_common::{EventKind, EventSink};
+use hsu_process_file::{Journal, ManagerLock};
+use hsu_process_management::config::{self, Config};
+use hsu_process_management::{ManagerOptions, ProcessManager};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hsu-process-manager",
+    version,
+    about = "Keeps processes alive, healthy and within their limits."
+)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the manager in the foreground (the default when no command is given).
+    Run(RunArgs),
+    /// Check a config file and print every problem found.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct RunArgs {
+    /// The YAML config file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory for state, PID files, logs and the event journal (overrides the config).
+    #[arg(long)]
+    base_dir: Option<PathBuf>,
+    /// Control API port (overrides the config).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Log debug detail (RUST_LOG overrides).
+    #[arg(long)]
+    debug: bool,
+    /// Shut down cleanly after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    run_duration: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Validate { config }) => validate(&config),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: valid ({} process{})",
+                path.display(),
+                cfg.processes.len(),
+                if cfg.processes.len() == 1 { "" } else { "es" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let Some(config_path) = args.config.clone() else {
+        eprintln!("error: --config FILE is required to run the manager");
+        return ExitCode::from(2);
+    };
+    let cfg = match config::load_file(&config_path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: {} problem(s); nothing started",
+                config_path.display(),
+                errors.0.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(args.debug, cfg.manager.log_level.as_str());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg, args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(debug: bool, config_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ if debug => EnvFilter::new("debug"),
+        _ => EnvFilter::new(config_level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// The default base directory: system-wide as root, per user otherwise.
+fn default_base_dir() -> PathBuf {
+    if hsu_process::is_superuser() {
+        return PathBuf::from("/var/lib/hsu-process-manager");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("hsu-process-manager")
+}
+
+async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
+    let base = args
+        .base_dir
+        .clone()
+        .or_else(|| cfg.manager.base_directory.clone())
+        .unwrap_or_else(default_base_dir);
+    std::fs::create_dir_all(&base)
+        .with_context(|| format!("cannot create base directory {}", base.display()))?;
+    let base = base.canonicalize().unwrap_or(base);
+    let _lock = ManagerLock::acquire(&base.join("manager.lock"))?;
+    let journal = Arc::new(Journal::open(&base.join("events.jsonl"))?);
+    let log_dir = if cfg.log_collection.directory.is_absolute() {
+        cfg.log_collection.directory.clone()
+    } else {
+        base.join(&cfg.log_collection.directory)
+    };
+    if let Some(port) = args.port {
+        tracing::debug!(
+            port,
+            "control API port set; the API is not served by this version"
+        );
+    }
+    tracing::info!(
+        config = %cfg.source.display(),
+        base = %base.display(),
+        processes = cfg.processes.len(),
+        "manager starting (pid {})",
+        std::process::id()
+    );
+    journal.emit(
+        None,
+        EventKind::ManagerStarted {
+            pid: std::process::id(),
+            config: cfg.source.display().to_string(),
+        },
+    );
+    let options = ManagerOptions {
+        base_directory: base.clone(),
+        log_directory: log_dir,
+        force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
+    };
+    let manager = ProcessManager::start(cfg.processes, options, journal.clone()).await?;
+
+    let reason = wait_for_shutdown(args.run_duration).await?;
+    tracing::info!("shutting down: {reason}");
+    manager.shutdown(&reason).await;
+    tracing::info!("all processes stopped; bye");
+    Ok(())
+}
+
+/// Resolves with the reason once the manager should stop.
+async fn wait_for_shutdown(run_duration: Option<f64>) -> anyhow::Result<String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let limit = async {
+        match run_duration {
+            Some(secs) if secs.is_finite() && secs >= 0.0 => {
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(limit);
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok("SIGTERM".into()),
+            _ = int.recv() => return Ok("SIGINT".into()),
+            () = &mut limit => return Ok("--run-duration elapsed".into()),
+            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not available in this version; restart the manager to apply a new config"),
+        }
+    }
+}

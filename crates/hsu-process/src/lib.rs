@@ -123,6 +123,11 @@ pub fn is_alive(pid: u32) -> bool {
     platform::is_alive(pid)
 }
 
+/// Whether the manager runs with superuser rights (decides the default base directory).
+pub fn is_superuser() -> bool {
+    platform::is_superuser()
+}
+
 /// Makes the manager the reaper of orphaned descendants, so grandchildren that leave
 /// their group still end up under its eye.
 pub fn become_subreaper() -> std::io::Result<()> {

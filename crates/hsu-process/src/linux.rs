@@ -139,6 +139,10 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+pub fn is_superuser() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 pub fn become_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }

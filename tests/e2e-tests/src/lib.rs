@@ -1,1 +1,41 @@
-//! e2e
+//! The end-to-end test harness: the real `hsu-process-manager` binary supervising real
+//! `testexe` processes, observed only from the outside (the event journal, PID files,
+//! captured logs, exit codes and `/proc`).
+//!
+//! # How a test runs
+//!
+//! A test calls [`ProcessManager::start`] with a config (the `{testexe}` placeholder
+//! stands for the test executable's path). That creates
+//! `target/tmp/<test-name>/run-<unix-millis>/` with `config.yaml`, `procman.log` (the
+//! manager's stdout and stderr) and `base/` (the manager's `--base-dir`), and spawns the
+//! manager. The test then waits for journal events with deadlines
+//! ([`ProcessManager::wait_for_event`]), checks processes through `/proc`
+//! ([`assertions`]), and ends with [`ProcessManager::stop`] (SIGTERM, then the exit
+//! status). Artifacts are kept for reading after a failure.
+//!
+//! Every process the manager spawns carries `HSU_PROCESS_TAG=<base-dir>#<id>` in its
+//! environment, and so does its whole tree: that is how the suite finds orphans, and how
+//! dropping a [`ProcessManager`] kills everything a failed test left behind.
+//!
+//! The harness never synchronises by sleeping: it polls a condition with a generous
+//! deadline. It must never leave a process running after a test, pass or fail.
+//!
+//! The binaries are located next to the test binary (`target/<profile>/`) and built once
+//! per test process with `cargo build -p hsu-process-manager -p testexe` when missing
+//! ([`test_executor::binaries`]).
+
+pub mod assertions;
+pub mod log_parser;
+pub mod process_manager;
+pub mod scenarios;
+pub mod test_executor;
+
+pub use assertions::{
+    assert_all_alive, assert_all_gone, pid_alive, poll_until, proc_stat, process_tag,
+    tagged_processes, unix_ms_now, wait_for, wait_for_pid_file, wait_until,
+};
+pub use log_parser::{
+    first_after, parse_problem, scheduled_restarts, Event, Problem, ScheduledRestart,
+};
+pub use process_manager::{describe_exit, run_manager_command, ProcessManager, SHORT};
+pub use test_executor::{binaries, single_process_config, yaml_list, yaml_str, TestRun};

@@ -1,1 +1,241 @@
-//! config loader (arriving)
+//! The configuration loader: reads a YAML config file, in either of its two forms, into
+//! the one process-definition model ([`ProcessDefinition`]) plus the manager's own
+//! settings.
+//!
+//! The two forms are the canonical one (`management: {control, health_check, ...}`) and
+//! the earlier HSU nested one (`management: {standard_managed: {control: {execution:
+//! ...}}}`); the form is decided per process, and nothing downstream can tell which was
+//! written. `docs/configuration.md` describes every key.
+//!
+//! Loading never stops at the first problem: the whole file is walked and every problem
+//! is reported, each located as `FILE:LINE:COL: dotted.path: message`, so that
+//! `hsu-process-manager validate` can show them all at once. A config with any problem
+//! yields no [`Config`] at all. Defaults are applied and relative paths resolved here
+//! (against the config file's directory), so the model below holds final values.
+//!
+//! This module only reads and checks text: it never touches the processes, and it reads
+//! no file but the config itself (paths it names are not checked for existence, since
+//! they may appear later).
+
+mod canonical;
+mod ctx;
+mod health;
+mod limits;
+mod manager;
+mod nested;
+mod problem;
+mod process;
+mod sections;
+mod values;
+mod yaml;
+
+pub use problem::{ConfigErrors, Problem};
+
+use hsu_managed_process::ProcessDefinition;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A loaded, valid config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The config file, as an absolute path.
+    pub source: PathBuf,
+    /// The directory relative paths in the config were resolved against.
+    pub config_dir: PathBuf,
+    pub manager: ManagerSettings,
+    /// Every process, in file order, disabled ones included (the manager skips them).
+    pub processes: Vec<ProcessDefinition>,
+    pub log_collection: LogCollectionSettings,
+}
+
+/// `process_manager:` (plus the nested form's top-level `profile_type` and `metadata`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagerSettings {
+    /// Control API port; 0 picks a free one.
+    pub port: u16,
+    pub bind: IpAddr,
+    /// Absolute.
+    pub api_token_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    /// Absolute when given; `None` leaves the choice to the manager (see the spec, §6).
+    pub base_directory: Option<PathBuf>,
+    pub force_shutdown_timeout: Duration,
+    pub resource_sample_interval: Duration,
+    /// Nested form top-level `profile_type`, informational.
+    pub profile_type: Option<String>,
+    /// Nested form top-level `metadata`, informational.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ManagerSettings {
+    pub const DEFAULT_PORT: u16 = 50055;
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        ManagerSettings {
+            port: Self::DEFAULT_PORT,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            api_token_file: None,
+            log_level: LogLevel::Info,
+            base_directory: None,
+            force_shutdown_timeout: Duration::from_secs(30),
+            resource_sample_interval: Duration::from_secs(1),
+            profile_type: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// The manager's own log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Top-level `log_collection:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogCollectionSettings {
+    pub enabled: bool,
+    /// Kept as written: relative to the base directory unless absolute.
+    pub directory: PathBuf,
+    pub rotation: Rotation,
+    /// Prefix each stored line with its arrival time.
+    pub timestamps: bool,
+    pub global_aggregation: Aggregation,
+}
+
+impl Default for LogCollectionSettings {
+    fn default() -> Self {
+        LogCollectionSettings {
+            enabled: true,
+            directory: PathBuf::from("logs"),
+            rotation: Rotation::default(),
+            timestamps: true,
+            global_aggregation: Aggregation::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    /// Bytes at which a log file is rotated.
+    pub max_size: u64,
+    /// Rotated files kept (`.1` ... `.N`).
+    pub max_files: u32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// Where all processes' output is copied to, besides the per-process files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    pub enabled: bool,
+    pub targets: Vec<AggregationTarget>,
+}
+
+impl Default for Aggregation {
+    fn default() -> Self {
+        Aggregation {
+            enabled: true,
+            targets: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregationTarget {
+    pub kind: TargetKind,
+    /// `file` targets only; kept as written: relative to the log directory unless absolute.
+    pub path: Option<PathBuf>,
+    pub format: LogFormat,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    File,
+    ProcessManagerStdout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    EnhancedPlain,
+    Json,
+}
+
+/// Reads and loads a config file. An unreadable file is one problem at 1:1.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&text, path),
+        Err(e) => Err(ConfigErrors(vec![Problem {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])),
+    }
+}
+
+/// Loads a config from text; `source` names it in problems, and its directory is the one
+/// relative paths are resolved against.
+pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    let absolute = std::path::absolute(source).unwrap_or_else(|_| source.to_path_buf());
+    let config_dir = absolute
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut cx = ctx::Ctx::new(source.display().to_string(), config_dir.clone());
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            cx.report_at(e.line, e.col, "", e.message);
+            return Err(ConfigErrors(cx.problems));
+        }
+    };
+    let parts = manager::root(&mut cx, root.as_ref());
+    if !cx.problems.is_empty() {
+        let mut problems = cx.problems;
+        problems.sort_by_key(|p| (p.line, p.col));
+        return Err(ConfigErrors(problems));
+    }
+    Ok(Config {
+        source: absolute,
+        config_dir,
+        manager: parts.manager,
+        processes: parts.processes,
+        log_collection: parts.log_collection,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,716 @@
+//! Whole-file tests: both forms, defaults, path resolution and the problem report.
+
+use super::*;
+use hsu_common::StopSignal;
+use hsu_managed_process::{
+    ControlSpec, CountLimit, CpuLimit, DiscoveryMethod, DiscoverySpec, HealthCheckKind,
+    HealthCheckSpec, LimitPolicy, Limits, MemoryLimit, ProcessLogCollection, ProcessType,
+    RestartPolicy, RestartTuning, TriggerOverride,
+};
+use std::time::Duration;
+
+const SOURCE: &str = "/etc/hsu/config.yaml";
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    load_str(text, Path::new(SOURCE))
+}
+
+fn ok(text: &str) -> Config {
+    load(text).unwrap_or_else(|e| panic!("unexpected problems:\n{e}"))
+}
+
+fn problems(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("expected problems"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const FULL: &str = r#"
+process_manager:
+  port: 6000
+  bind: 0.0.0.0
+  api_token_file: secrets/token
+  log_level: debug
+  base_directory: state
+  force_shutdown_timeout: 45s
+  resource_sample_interval: 500ms
+
+managed_processes:
+  - id: web
+    type: integrated_managed
+    enabled: false
+    profile_type: web
+    metadata: {team: core}
+    management:
+      control:
+        executable: ./bin/web
+        arguments: ["--config", "config.yaml"]
+        working_directory: run
+        environment: {RUST_LOG: info, WORKERS: 4, DEBUG: false, VERSION: 1.10}
+        graceful_timeout: 20s
+        stop_signal: SIGINT
+        restart_policy: always
+        restart:
+          retry_delay: 2s
+          backoff_rate: 1.5
+          max_delay: 2m
+          reset_after: 1m
+          max_retries: 7
+          window: 5m
+          cooldown: 0s
+          health_failures: {retry_delay: 3s, backoff_rate: 1.0, max_retries: 2}
+          resource_violations: {max_retries: 1}
+          startup_grace_period: 15s
+        limits:
+          memory: {max_rss: 512MiB, warning_threshold: 80, policy: restart}
+          cpu: {max_percent: 150, warning_threshold: 90.5, policy: throttle, sustained_for: 30s}
+          file_descriptors: {max: 1024, policy: alert}
+          processes: {max: 64}
+        port_argument: --port
+      health_check:
+        type: http
+        http: {url: "http://127.0.0.1:8080/health", method: head}
+        interval: 5s
+        timeout: 1s
+        initial_delay: 3s
+        failure_threshold: 4
+        success_threshold: 2
+      log_collection: {enabled: true, capture_stdout: true, capture_stderr: false}
+  - id: nginx
+    type: unmanaged
+    management:
+      control: {graceful_timeout: 5s, stop_signal: QUIT, limits: {memory: {max_rss: 1GiB, policy: alert}}}
+      health_check:
+        type: tcp
+        tcp: {address: "127.0.0.1:80"}
+      discovery:
+        method: pid_file
+        pid_file: /run/nginx.pid
+        check_interval: 2s
+
+log_collection:
+  enabled: true
+  directory: /var/log/hsu
+  rotation: {max_size: 100MB, max_files: 3}
+  timestamps: false
+  global_aggregation:
+    enabled: true
+    targets:
+      - {type: file, path: aggregated.log, format: json}
+      - {type: process_manager_stdout, format: enhanced_plain, prefix: "[HSU]"}
+"#;
+
+#[test]
+fn full_canonical_config() {
+    let c = ok(FULL);
+    assert_eq!(c.source, PathBuf::from(SOURCE));
+    assert_eq!(c.config_dir, PathBuf::from("/etc/hsu"));
+    assert_eq!(
+        c.manager,
+        ManagerSettings {
+            port: 6000,
+            bind: "0.0.0.0".parse().unwrap(),
+            api_token_file: Some("/etc/hsu/secrets/token".into()),
+            log_level: LogLevel::Debug,
+            base_directory: Some("/etc/hsu/state".into()),
+            force_shutdown_timeout: secs(45),
+            resource_sample_interval: Duration::from_millis(500),
+            profile_type: None,
+            metadata: BTreeMap::new(),
+        }
+    );
+    let web = &c.processes[0];
+    assert_eq!(web.id, "web");
+    assert_eq!(web.process_type, ProcessType::IntegratedManaged);
+    assert!(!web.enabled);
+    assert_eq!(web.profile_type.as_deref(), Some("web"));
+    assert_eq!(web.metadata, map(&[("team", "core")]));
+    let control = web.control.as_ref().unwrap();
+    let expected = ControlSpec {
+        executable: "/etc/hsu/bin/web".into(),
+        arguments: vec!["--config".into(), "config.yaml".into()],
+        working_directory: "/etc/hsu/run".into(),
+        environment: map(&[
+            ("RUST_LOG", "info"),
+            ("WORKERS", "4"),
+            ("DEBUG", "false"),
+            ("VERSION", "1.10"),
+        ]),
+        graceful_timeout: secs(20),
+        stop_signal: StopSignal::Int,
+        restart_policy: RestartPolicy::Always,
+        restart: RestartTuning {
+            retry_delay: secs(2),
+            backoff_rate: 1.5,
+            max_delay: secs(120),
+            reset_after: secs(60),
+            max_retries: 7,
+            window: secs(300),
+            cooldown: Duration::ZERO,
+            health_failures: TriggerOverride {
+                retry_delay: Some(secs(3)),
+                backoff_rate: Some(1.0),
+                max_retries: Some(2),
+            },
+            resource_violations: TriggerOverride {
+                max_retries: Some(1),
+                ..Default::default()
+            },
+            startup_grace_period: secs(15),
+        },
+        limits: Limits {
+            memory: Some(MemoryLimit {
+                max_rss: 512 * 1024 * 1024,
+                warning_threshold: Some(80.0),
+                policy: LimitPolicy::Restart,
+            }),
+            cpu: Some(CpuLimit {
+                max_percent: 150.0,
+                warning_threshold: Some(90.5),
+                policy: LimitPolicy::Throttle,
+                sustained_for: secs(30),
+            }),
+            file_descriptors: Some(CountLimit {
+                max: 1024,
+                policy: LimitPolicy::Alert,
+            }),
+            processes: Some(CountLimit {
+                max: 64,
+                policy: LimitPolicy::Log,
+            }),
+        },
+        port_argument: Some("--port".into()),
+    };
+    assert_eq!(control, &expected);
+    assert_eq!(
+        web.health_check,
+        HealthCheckSpec {
+            kind: HealthCheckKind::Http {
+                url: "http://127.0.0.1:8080/health".into(),
+                method: "HEAD".into()
+            },
+            interval: secs(5),
+            timeout: secs(1),
+            initial_delay: secs(3),
+            failure_threshold: 4,
+            success_threshold: 2,
+        }
+    );
+    assert_eq!(
+        web.log_collection,
+        ProcessLogCollection {
+            enabled: true,
+            capture_stdout: true,
+            capture_stderr: false
+        }
+    );
+    assert_eq!(web.discovery, None);
+
+    let nginx = &c.processes[1];
+    assert_eq!(nginx.process_type, ProcessType::Unmanaged);
+    assert_eq!(
+        nginx.discovery,
+        Some(DiscoverySpec {
+            method: DiscoveryMethod::PidFile("/run/nginx.pid".into()),
+            check_interval: secs(2),
+        })
+    );
+    let nc = nginx.control.as_ref().unwrap();
+    assert_eq!(nc.graceful_timeout, secs(5));
+    assert_eq!(nc.stop_signal, StopSignal::Quit);
+    assert_eq!(nc.limits.memory.as_ref().unwrap().max_rss, 1 << 30);
+    assert_eq!(
+        nginx.health_check.kind,
+        HealthCheckKind::Tcp {
+            address: "127.0.0.1:80".into()
+        }
+    );
+
+    assert_eq!(
+        c.log_collection,
+        LogCollectionSettings {
+            enabled: true,
+            directory: "/var/log/hsu".into(),
+            rotation: Rotation {
+                max_size: 100_000_000,
+                max_files: 3
+            },
+            timestamps: false,
+            global_aggregation: Aggregation {
+                enabled: true,
+                targets: vec![
+                    AggregationTarget {
+                        kind: TargetKind::File,
+                        path: Some("aggregated.log".into()),
+                        format: LogFormat::Json,
+                        prefix: None,
+                    },
+                    AggregationTarget {
+                        kind: TargetKind::ProcessManagerStdout,
+                        path: None,
+                        format: LogFormat::EnhancedPlain,
+                        prefix: Some("[HSU]".into()),
+                    },
+                ],
+            },
+        }
+    );
+}
+
+#[test]
+fn minimal_config_gets_every_default() {
+    let c = ok(r#"
+managed_processes:
+  - id: my-service
+    management:
+      control:
+        executable: sleep
+"#);
+    assert_eq!(c.manager, ManagerSettings::default());
+    assert_eq!(c.manager.port, 50055);
+    assert_eq!(c.manager.bind.to_string(), "127.0.0.1");
+    assert_eq!(c.log_collection, LogCollectionSettings::default());
+    assert_eq!(c.log_collection.directory, PathBuf::from("logs"));
+    assert_eq!(c.log_collection.rotation.max_size, 10 * 1024 * 1024);
+    let p = &c.processes[0];
+    assert_eq!(p.process_type, ProcessType::StandardManaged);
+    assert!(p.enabled);
+    // A bare name stays bare (found on PATH); the working directory is the config's.
+    assert_eq!(p.control, Some(ControlSpec::new("sleep", "/etc/hsu")));
+    assert_eq!(p.health_check, HealthCheckSpec::default());
+    assert_eq!(p.log_collection, ProcessLogCollection::default());
+    assert_eq!(p.discovery, None);
+    assert!(p.metadata.is_empty());
+    assert_eq!(p.profile_type, None);
+}
+
+#[test]
+fn empty_file_and_empty_process_list_are_valid() {
+    assert!(ok("").processes.is_empty());
+    assert!(ok("managed_processes: []\n").processes.is_empty());
+    assert!(ok("process_manager:\n  api_token_file: null\n")
+        .manager
+        .api_token_file
+        .is_none());
+}
+
+const CANONICAL_EQUIVALENT: &str = r#"
+managed_processes:
+  - id: api
+    type: standard_managed
+    management:
+      control:
+        executable: ./api
+        arguments: [--verbose]
+        working_directory: /srv/api
+        environment: {MODE: prod}
+        graceful_timeout: 15s
+        restart_policy: on_failure
+        restart:
+          retry_delay: 2s
+          backoff_rate: 1.5
+          max_retries: 4
+          health_failures: {max_retries: 2}
+          resource_violations: {retry_delay: 10s}
+          startup_grace_period: 30s
+        limits:
+          memory: {max_rss: 256MiB, warning_threshold: 75, policy: restart}
+          cpu: {max_percent: 80, policy: log, sustained_for: 20s}
+          file_descriptors: {max: 512, policy: alert}
+      health_check:
+        type: http
+        http: {url: "http://localhost:8080/health"}
+        interval: 30s
+        timeout: 5s
+        initial_delay: 2s
+        failure_threshold: 2
+      log_collection: {capture_stderr: false}
+    metadata: {name: API, tags: "a, b"}
+"#;
+
+const NESTED_EQUIVALENT: &str = r#"
+managed_processes:
+  - id: api
+    management:
+      standard_managed:
+        metadata:
+          name: API
+          tags: [a, b]
+        control:
+          execution:
+            executable_path: ./api
+            args: [--verbose]
+            working_directory: /srv/api
+            environment: ["MODE=prod"]
+            wait_delay: 10s
+          restart_policy: on-failure
+          context_aware_restart:
+            default: {max_retries: 4, retry_delay: 2s, backoff_rate: 1.5}
+            health_failures: {max_retries: 2}
+            resource_violations: {retry_delay: 10s}
+            startup_grace_period: 30s
+            sustained_violation_time: 20s
+          limits:
+            memory: {limit_mb: 256, warning_threshold: 75, policy: restart}
+            cpu: {max_percent: 80, policy: log}
+            process: {max_file_descriptors: 512, policy: alert}
+          graceful_timeout: 15s
+          log_collection: {enabled: true, capture_stderr: false}
+          process_file: {use_process_id: true}
+        health_check:
+          type: http
+          http_endpoint: "http://localhost:8080/health"
+          run_options: {enabled: true, interval: 30s, timeout: 5s, initial_delay: 2s, retries: 2}
+"#;
+
+#[test]
+fn nested_form_means_the_same_as_canonical() {
+    let canonical = ok(CANONICAL_EQUIVALENT);
+    let nested = ok(NESTED_EQUIVALENT);
+    assert_eq!(nested.processes, canonical.processes);
+    assert_eq!(
+        nested.processes[0].process_type,
+        ProcessType::StandardManaged
+    );
+    assert_eq!(
+        nested.processes[0].control.as_ref().unwrap().executable,
+        PathBuf::from("/etc/hsu/api")
+    );
+}
+
+#[test]
+fn nested_unmanaged_and_top_level_profile() {
+    let c = ok(r#"
+profile_type: edge
+metadata: {site: lab, rack: 7}
+managed_processes:
+  - id: nginx
+    type: unmanaged
+    profile_type: proxy
+    management:
+      unmanaged:
+        metadata: {owner: ops}
+        discovery: {method: process_name, process_name: nginx}
+        control: {graceful_timeout: 3s}
+        health_check:
+          type: http
+          http_endpoint: "http://127.0.0.1/health"
+          run_options: {enabled: false}
+"#);
+    assert_eq!(c.manager.profile_type.as_deref(), Some("edge"));
+    assert_eq!(c.manager.metadata, map(&[("site", "lab"), ("rack", "7")]));
+    let p = &c.processes[0];
+    assert_eq!(p.profile_type.as_deref(), Some("proxy"));
+    assert_eq!(p.metadata, map(&[("owner", "ops")]));
+    assert_eq!(
+        p.discovery.as_ref().unwrap().method,
+        DiscoveryMethod::ProcessName("nginx".into())
+    );
+    assert_eq!(p.control.as_ref().unwrap().graceful_timeout, secs(3));
+    // run_options.enabled: false turns the check into a liveness check.
+    assert_eq!(p.health_check.kind, HealthCheckKind::Process);
+}
+
+#[test]
+fn nested_type_is_inferred_from_the_key() {
+    let c = ok(r#"
+managed_processes:
+  - id: svc
+    management:
+      integrated_managed:
+        control:
+          execution: {executable_path: svc}
+          port_argument: --grpc-port
+"#);
+    let p = &c.processes[0];
+    assert_eq!(p.process_type, ProcessType::IntegratedManaged);
+    assert_eq!(
+        p.control.as_ref().unwrap().port_argument.as_deref(),
+        Some("--grpc-port")
+    );
+}
+
+#[test]
+fn durations_sizes_and_environment_forms() {
+    let c = ok(r#"
+process_manager: {force_shutdown_timeout: 90, resource_sample_interval: 1m30s}
+managed_processes:
+  - id: a
+    management:
+      control:
+        executable: a
+        graceful_timeout: 250ms
+        environment: ["A=1", "B=x=y", "EMPTY="]
+        restart: {retry_delay: 2h, max_delay: 3h}
+        limits:
+          memory: {max_rss: 1048576}
+      health_check: {type: tcp, tcp: {address: "[::1]:5432"}, interval: 1.5, timeout: "1"}
+log_collection:
+  rotation: {max_size: 1GiB}
+"#);
+    assert_eq!(c.manager.force_shutdown_timeout, secs(90));
+    assert_eq!(c.manager.resource_sample_interval, secs(90));
+    let control = c.processes[0].control.as_ref().unwrap();
+    assert_eq!(control.graceful_timeout, Duration::from_millis(250));
+    assert_eq!(
+        control.environment,
+        map(&[("A", "1"), ("B", "x=y"), ("EMPTY", "")])
+    );
+    assert_eq!(control.restart.retry_delay, secs(7200));
+    assert_eq!(control.limits.memory.as_ref().unwrap().max_rss, 1 << 20);
+    assert_eq!(
+        c.processes[0].health_check.interval,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(c.processes[0].health_check.timeout, secs(1));
+    assert_eq!(c.log_collection.rotation.max_size, 1 << 30);
+}
+
+#[test]
+fn bad_values_are_explained() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control:
+        executable: a
+        graceful_timeout: soon
+        environment: ["NOEQUALS", "=x"]
+        limits:
+          memory: {max_rss: -5}
+          cpu: {max_percent: 0, warning_threshold: 120}
+log_collection:
+  rotation: {max_size: 12 potatoes, max_files: 0}
+"#,
+    );
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("bad_values", out);
+    });
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hsu.yaml");
+    std::fs::write(
+        &file,
+        r#"
+process_manager: {base_directory: ../state, api_token_file: /abs/token}
+managed_processes:
+  - id: a
+    management:
+      control: {executable: bin/a, working_directory: work}
+      health_check: {type: exec, exec: {command: ./check.sh, arguments: [-q]}}
+  - id: b
+    management:
+      control: {executable: /usr/bin/b}
+      health_check: {type: exec, exec: {command: true}}
+  - id: c
+    type: unmanaged
+    management:
+      discovery: {pid_file: run/c.pid}
+log_collection: {directory: logs}
+"#,
+    )
+    .unwrap();
+    let c = load_file(&file).unwrap_or_else(|e| panic!("{e}"));
+    let d = dir.path();
+    assert_eq!(c.source, file);
+    assert_eq!(c.config_dir, d);
+    assert_eq!(c.manager.base_directory, Some(d.join("../state")));
+    assert_eq!(c.manager.api_token_file, Some("/abs/token".into()));
+    let a = c.processes[0].control.as_ref().unwrap();
+    assert_eq!(a.executable, d.join("bin/a"));
+    assert_eq!(a.working_directory, d.join("work"));
+    assert_eq!(
+        c.processes[0].health_check.kind,
+        HealthCheckKind::Exec {
+            command: d.join("check.sh"),
+            arguments: vec!["-q".into()]
+        }
+    );
+    let b = c.processes[1].control.as_ref().unwrap();
+    assert_eq!(b.executable, PathBuf::from("/usr/bin/b"));
+    assert_eq!(b.working_directory, d);
+    assert_eq!(
+        c.processes[1].health_check.kind,
+        HealthCheckKind::Exec {
+            command: "true".into(),
+            arguments: vec![]
+        }
+    );
+    // The method is inferred from the one field given.
+    assert_eq!(
+        c.processes[2].discovery.as_ref().unwrap().method,
+        DiscoveryMethod::PidFile(d.join("run/c.pid"))
+    );
+    // The log directory is relative to the base directory: kept as written.
+    assert_eq!(c.log_collection.directory, PathBuf::from("logs"));
+}
+
+#[test]
+fn syntax_error_has_its_position() {
+    let out = problems("managed_processes:\n  - id: a\n    management: {control: [x}\n");
+    assert!(out.starts_with("/etc/hsu/config.yaml:3:"), "{out}");
+    assert!(out.contains("YAML syntax error"), "{out}");
+    assert_eq!(out.lines().count(), 1);
+    let out = problems("process_manager:\n  port: 1\n  port: 2\n");
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:3:3: duplicate key `port` (each key may appear once in a mapping)"
+    );
+}
+
+#[test]
+fn unreadable_file_is_one_problem() {
+    let e = load_file(Path::new("/nonexistent/hsu.yaml")).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    let p = &e.0[0];
+    assert_eq!((p.line, p.col, p.path.as_str()), (1, 1, ""));
+    assert!(
+        p.message.starts_with("cannot read the config file:"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn wrong_shapes_are_reported() {
+    let out = problems("managed_processes: {id: a}\nprocess_manager: [1]\n");
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:1:20: managed_processes: expected a list of processes, found a mapping\n\
+         /etc/hsu/config.yaml:2:18: process_manager: expected a mapping, found a list"
+    );
+    let out = problems("- a\n");
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:1:1: expected a mapping, found a list"
+    );
+}
+
+/// A config with many kinds of problems at once; every one is reported, in file order.
+const MANY_PROBLEMS: &str = r#"
+process_manager:
+  port: 70000
+  bind: localhost
+  log_level: verbose
+  unknown_thing: 1
+
+managed_processes:
+  - id: web
+    type: standard_managed
+    management:
+      control:
+        executable: ./web
+        restart_polcy: always
+        graceful_timeout: 10 parsecs
+        stop_signal: SIGTREM
+        restart:
+          backoff_rate: 0.5
+          retry_delay: 2m
+          max_delay: 1m
+      health_check:
+        type: http
+        http: {url: "http://localhost/health"}
+        interval: 2s
+        timeout: 5s
+  - id: web
+    type: standard_managed
+    management:
+      control:
+        arguments: [--fast]
+        restart_policy: sometimes
+  - id: "bad id!"
+    type: standard_managed
+    management:
+      control: {executable: x}
+      standard_managed:
+        control: {execution: {executable_path: x}}
+  - id: nested
+    type: unmanaged
+    management:
+      standard_managed:
+        control: {execution: {executable_path: x}}
+  - id: ghost
+    type: unmanged
+    management:
+      discovery: {method: port}
+      control: {executable: x}
+  - id: worker
+    type: standard_managed
+    management:
+      control:
+        executable: worker
+        port_argument: --port
+        limits:
+          memory: {max_rss: 1GiB, policy: restart_adjustd}
+      discovery: {method: pid_file, pid_file: /run/w.pid}
+"#;
+
+#[test]
+fn every_problem_is_reported() {
+    let out = problems(MANY_PROBLEMS);
+    insta::with_settings!({prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("many_problems", out);
+    });
+}
+
+#[test]
+fn type_rules() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: u
+    type: unmanaged
+    management:
+      health_check: {type: http, run_options: {}}
+  - id: h
+    management:
+      standard_managed:
+        control: {execution: {executable_path: x}}
+        health_check: {type: http}
+  - id: s
+    type: standard_managed
+"#,
+    );
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:6:7: managed_processes[0].management.discovery: missing: an unmanaged process is found by discovery\n\
+         /etc/hsu/config.yaml:6:21: managed_processes[0].management.health_check.http: missing: `type: http` needs `http: {url: ...}`\n\
+         /etc/hsu/config.yaml:6:34: managed_processes[0].management.health_check.run_options: `run_options` belongs to the other config form (canonical vs HSU nested) and is not valid here; expected one of: type, http, grpc, tcp, exec, interval, timeout, initial_delay, failure_threshold, success_threshold\n\
+         /etc/hsu/config.yaml:11:23: managed_processes[1].management.standard_managed.health_check.http_endpoint: missing: `type: http` needs `http_endpoint: <url>`\n\
+         /etc/hsu/config.yaml:12:5: managed_processes[2].management: missing: it says how to run or find the process"
+    );
+}
+
+#[test]
+fn health_check_kind_is_inferred_from_its_settings() {
+    let c = ok(r#"
+managed_processes:
+  - id: g
+    management:
+      control: {executable: g}
+      health_check: {grpc: {address: "127.0.0.1:9090"}, interval: 3s}
+"#);
+    assert_eq!(
+        c.processes[0].health_check.kind,
+        HealthCheckKind::Grpc {
+            address: "127.0.0.1:9090".into(),
+            service: String::new()
+        }
+    );
+}
