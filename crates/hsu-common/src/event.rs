@@ -46,6 +46,11 @@ pub enum EventKind {
     CircuitClosed {
         reason: String,
     },
+    ConfigReloaded {
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+    },
     ManagerStarted {
         pid: u32,
         config: String,
@@ -64,6 +69,7 @@ impl EventKind {
             EventKind::RestartScheduled { .. } => "restart_scheduled",
             EventKind::CircuitOpened { .. } => "circuit_opened",
             EventKind::CircuitClosed { .. } => "circuit_closed",
+            EventKind::ConfigReloaded { .. } => "config_reloaded",
             EventKind::ManagerStarted { .. } => "manager_started",
             EventKind::ManagerStopped { .. } => "manager_stopped",
         }

@@ -21,6 +21,8 @@ pub struct JournalError {
 pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Live followers (the API's `events?follow=true`); sent after each line is written.
+    live: tokio::sync::broadcast::Sender<Event>,
 }
 
 struct Inner {
@@ -42,12 +44,18 @@ impl Journal {
             .open(path)
             .map_err(err)?;
         let last = last_seq(&mut file).map_err(err)?;
+        // A crash mid-write leaves a torn last line; start the next event on a line of
+        // its own so it is not glued to the fragment.
+        if !ends_with_newline(&mut file).map_err(err)? {
+            file.write_all(b"\n").map_err(err)?;
+        }
         Ok(Journal {
             path: path.to_path_buf(),
             inner: Mutex::new(Inner {
                 file,
                 next_seq: last.map_or(1, |s| s + 1),
             }),
+            live: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
@@ -71,7 +79,27 @@ impl Journal {
             source,
         })?;
         inner.next_seq += 1;
+        // Sent under the lock so followers see events in `seq` order.
+        let _ = self.live.send(event.clone());
         Ok(event)
+    }
+
+    /// Events appended from now on. A follower that falls more than 1024 events behind
+    /// is told how many it missed (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// Every event in the journal file, oldest first; unreadable lines are skipped.
+    pub fn read_all(&self) -> Result<Vec<Event>, JournalError> {
+        let text = std::fs::read(&self.path).map_err(|source| JournalError {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }
 
@@ -83,6 +111,17 @@ impl EventSink for Journal {
             Err(e) => tracing::error!("{e}"),
         }
     }
+}
+
+fn ends_with_newline(file: &mut File) -> std::io::Result<bool> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 /// Reads the `seq` of the last complete line; a torn last line (crash mid-write) is skipped.
@@ -134,5 +173,26 @@ mod tests {
         assert_eq!(first.id.as_deref(), Some("a"));
         assert_eq!(first.kind, exited());
         assert!(first.ts.ends_with('Z'));
+        assert_eq!(
+            j.read_all()
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn followers_get_new_events_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("events.jsonl")).unwrap();
+        j.append(None, exited()).unwrap();
+        let mut rx = j.subscribe();
+        j.append(Some("b"), exited()).unwrap();
+        j.append(Some("c"), exited()).unwrap();
+        assert_eq!(rx.try_recv().unwrap().seq, 2);
+        assert_eq!(rx.try_recv().unwrap().seq, 3);
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -27,5 +27,5 @@ pub mod lifecycle;
 pub mod manager;
 pub mod process_control_impl;
 
-pub use manager::{ManagerError, ManagerOptions, ProcessManager};
+pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};
 pub use process_control_impl::ProcessHandle;

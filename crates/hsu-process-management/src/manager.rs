@@ -1,13 +1,15 @@
-//! The `ProcessManager`: owns one supervisor per process, the orphan reaper, and the
-//! shutdown of everything.
+//! The `ProcessManager`: owns one supervisor per process, the orphan reaper, live reload
+//! and the shutdown of everything. Cheap to clone; every clone is the same manager.
 
 use crate::process_control_impl::{Context, ProcessHandle};
 use hsu_common::{EventKind, EventSink};
-use hsu_managed_process::{ProcessControl, ProcessDefinition, ProcessStatus};
+use hsu_managed_process::{ControlError, ProcessControl, ProcessDefinition, ProcessStatus};
 use hsu_process_file::PidFiles;
+use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -21,18 +23,33 @@ pub struct ManagerOptions {
     pub force_shutdown_timeout: Duration,
 }
 
-enum Entry {
+enum Supervision {
     Managed(ProcessHandle),
-    /// Not supervised by a task (disabled, or unmanaged until discovery lands).
+    /// Not supervised by a task: disabled (until started by hand), or unmanaged.
     Idle(ProcessStatus),
 }
 
-/// Supervises every configured process.
-pub struct ProcessManager {
-    entries: Vec<(String, Entry)>,
+struct Entry {
+    def: ProcessDefinition,
+    supervision: Supervision,
+}
+
+struct Inner {
+    entries: Mutex<Vec<Entry>>,
+    ctx: Arc<Context>,
     options: ManagerOptions,
     events: Arc<dyn EventSink>,
     reaper: tokio::task::JoinHandle<()>,
+    /// Set once someone (a signal, the API) asks the manager to shut down.
+    shutdown_requested: watch::Sender<Option<String>>,
+    /// Serialises reloads and the shutdown so they never interleave.
+    reconfigure: tokio::sync::Mutex<bool>,
+}
+
+/// Supervises every configured process.
+#[derive(Clone)]
+pub struct ProcessManager {
+    inner: Arc<Inner>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +60,15 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What a reload changed, by process id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
 }
 
 impl ProcessManager {
@@ -63,93 +89,298 @@ impl ProcessManager {
         if let Err(e) = hsu_process::become_subreaper() {
             tracing::warn!("cannot become child subreaper ({e}); grandchildren that leave their process group may outlive a stop");
         }
-        let reaper = tokio::spawn(reap_orphans_forever());
         let ctx = Arc::new(Context {
             events: events.clone(),
             pid_files,
             log_dir: options.log_directory.clone(),
             tag_prefix: options.base_directory.display().to_string(),
         });
-
-        let mut entries = Vec::with_capacity(definitions.len());
-        for def in definitions {
-            let id = def.id.clone();
-            let entry = match (&def.control, def.process_type.is_managed(), def.enabled) {
-                (Some(control), true, true) => {
-                    let control = control.clone();
-                    Entry::Managed(ProcessHandle::spawn(def, control, ctx.clone()))
+        let manager = ProcessManager {
+            inner: Arc::new(Inner {
+                entries: Mutex::new(Vec::new()),
+                ctx,
+                options,
+                events,
+                reaper: tokio::spawn(reap_orphans_forever()),
+                shutdown_requested: watch::channel(None).0,
+                reconfigure: tokio::sync::Mutex::new(false),
+            }),
+        };
+        let mut to_start = Vec::new();
+        {
+            let mut entries = manager.entries();
+            for def in definitions {
+                let entry = manager.supervise(def);
+                if let Supervision::Managed(h) = &entry.supervision {
+                    to_start.push(h.clone());
                 }
-                (_, _, false) => Entry::Idle(idle(&def, "disabled in the config")),
-                _ => Entry::Idle(idle(
-                    &def,
-                    "unmanaged: observed only, discovery is not available in this version",
-                )),
-            };
-            entries.push((id, entry));
-        }
-        for (id, entry) in &entries {
-            if let Entry::Managed(handle) = entry {
-                if let Err(e) = handle.start().await {
-                    tracing::error!(id, "start failed: {e}");
-                }
+                entries.push(entry);
             }
         }
-        Ok(ProcessManager {
-            entries,
-            options,
-            events,
-            reaper,
-        })
+        for handle in to_start {
+            if let Err(e) = handle.start().await {
+                tracing::error!(id = handle.id(), "start failed: {e}");
+            }
+        }
+        Ok(manager)
+    }
+
+    fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A supervisor for an enabled managed definition; an idle entry otherwise.
+    fn supervise(&self, def: ProcessDefinition) -> Entry {
+        let supervision = match (&def.control, def.process_type.is_managed(), def.enabled) {
+            (Some(control), true, true) => Supervision::Managed(ProcessHandle::spawn(
+                def.clone(),
+                control.clone(),
+                self.inner.ctx.clone(),
+            )),
+            (_, true, false) => Supervision::Idle(idle(&def, "disabled in the config")),
+            _ => Supervision::Idle(idle(
+                &def,
+                "unmanaged: observed only; discovery is not available in this version",
+            )),
+        };
+        Entry { def, supervision }
     }
 
     pub fn options(&self) -> &ManagerOptions {
-        &self.options
+        &self.inner.options
+    }
+
+    /// Where events go (the journal).
+    pub fn events(&self) -> &Arc<dyn EventSink> {
+        &self.inner.events
     }
 
     /// Every process's status, in config order.
     pub fn statuses(&self) -> Vec<ProcessStatus> {
-        self.entries
-            .iter()
-            .map(|(_, e)| match e {
-                Entry::Managed(h) => h.status(),
-                Entry::Idle(s) => s.clone(),
-            })
-            .collect()
+        self.entries().iter().map(status_of).collect()
     }
 
-    /// The supervisor of a managed, enabled process.
-    pub fn process(&self, id: &str) -> Option<&ProcessHandle> {
-        self.entries.iter().find_map(|(i, e)| match e {
-            Entry::Managed(h) if i == id => Some(h),
-            _ => None,
-        })
+    pub fn status(&self, id: &str) -> Option<ProcessStatus> {
+        self.entries()
+            .iter()
+            .find(|e| e.def.id == id)
+            .map(status_of)
+    }
+
+    /// The definition of a process, as loaded.
+    pub fn definition(&self, id: &str) -> Option<ProcessDefinition> {
+        self.entries()
+            .iter()
+            .find(|e| e.def.id == id)
+            .map(|e| e.def.clone())
+    }
+
+    /// The supervisor of `id`, creating one for a disabled managed process (a start by
+    /// hand runs it). Unknown ids and unmanaged processes are errors.
+    fn handle_for(&self, id: &str, create: bool) -> Result<ProcessHandle, ControlError> {
+        let mut entries = self.entries();
+        let entry = entries
+            .iter_mut()
+            .find(|e| e.def.id == id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        match &entry.supervision {
+            Supervision::Managed(h) => Ok(h.clone()),
+            Supervision::Idle(_) if !entry.def.process_type.is_managed() => {
+                Err(ControlError::Conflict {
+                    id: id.to_owned(),
+                    message:
+                        "unmanaged processes are never started, stopped or restarted by the manager"
+                            .into(),
+                })
+            }
+            Supervision::Idle(_) => match (&entry.def.control, create) {
+                (Some(control), true) => {
+                    let h = ProcessHandle::spawn(
+                        entry.def.clone(),
+                        control.clone(),
+                        self.inner.ctx.clone(),
+                    );
+                    entry.supervision = Supervision::Managed(h.clone());
+                    Ok(h)
+                }
+                _ => Err(ControlError::Conflict {
+                    id: id.to_owned(),
+                    message: "not running (disabled in the config)".into(),
+                }),
+            },
+        }
+    }
+
+    /// Starts a stopped or failed process (a start by hand also closes its breaker).
+    pub async fn start_process(&self, id: &str) -> Result<(), ControlError> {
+        self.handle_for(id, true)?.start().await
+    }
+
+    /// Stops a process; resolves when nothing of its tree is left.
+    pub async fn stop_process(&self, id: &str) -> Result<(), ControlError> {
+        match self.handle_for(id, false) {
+            // A disabled process that was never started is already stopped.
+            Err(ControlError::Conflict { message, .. }) if message.starts_with("not running") => {
+                Ok(())
+            }
+            other => other?.stop().await,
+        }
+    }
+
+    /// Stops (if running) and starts again; `force` ignores an open breaker.
+    pub async fn restart_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
+        self.handle_for(id, true)?.restart(force).await
+    }
+
+    /// Applies a new set of definitions: starts added ones, stops removed ones, restarts
+    /// changed ones and leaves the rest untouched (same PID).
+    pub async fn reload(&self, definitions: Vec<ProcessDefinition>) -> ReloadDiff {
+        let guard = self.inner.reconfigure.lock().await;
+        if *guard {
+            return ReloadDiff::default();
+        }
+        let mut diff = ReloadDiff::default();
+        let mut retired = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut entries = self.entries();
+            let mut old: Vec<Entry> = std::mem::take(&mut *entries);
+            for def in definitions {
+                match old.iter().position(|e| e.def.id == def.id) {
+                    Some(i) if old[i].def == def => {
+                        diff.unchanged.push(def.id.clone());
+                        entries.push(old.remove(i));
+                    }
+                    Some(i) => {
+                        diff.changed.push(def.id.clone());
+                        retired.push(old.remove(i));
+                        let entry = self.supervise(def);
+                        if let Supervision::Managed(h) = &entry.supervision {
+                            to_start.push(h.clone());
+                        }
+                        entries.push(entry);
+                    }
+                    None => {
+                        diff.added.push(def.id.clone());
+                        let entry = self.supervise(def);
+                        if let Supervision::Managed(h) = &entry.supervision {
+                            to_start.push(h.clone());
+                        }
+                        entries.push(entry);
+                    }
+                }
+            }
+            diff.removed = old.iter().map(|e| e.def.id.clone()).collect();
+            retired.extend(old);
+        }
+        // Old supervisors stop their trees before the replacements start, so a changed
+        // process never runs twice at once.
+        let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
+        stop_all(retired, deadline).await;
+        for handle in to_start {
+            if let Err(e) = handle.start().await {
+                tracing::error!(id = handle.id(), "start failed: {e}");
+            }
+        }
+        self.inner.events.emit(
+            None,
+            EventKind::ConfigReloaded {
+                added: diff.added.clone(),
+                removed: diff.removed.clone(),
+                changed: diff.changed.clone(),
+            },
+        );
+        drop(guard);
+        diff
+    }
+
+    /// Loads the config at `path` and, when valid, applies it with [`Self::reload`]; an
+    /// invalid config changes nothing and its problems are returned.
+    pub async fn reload_from_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<ReloadDiff, crate::config::ConfigErrors> {
+        let config = crate::config::load_file(path)?;
+        Ok(self.reload(config.processes).await)
+    }
+
+    /// Asks whoever runs the manager to shut it down (the binary waits on
+    /// [`ProcessManager::shutdown_requested`]).
+    pub fn request_shutdown(&self, reason: &str) {
+        self.inner.shutdown_requested.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves with the reason once a shutdown has been requested.
+    pub async fn shutdown_requested(&self) -> String {
+        let mut rx = self.inner.shutdown_requested.subscribe();
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone().unwrap_or_default());
+        reason.unwrap_or_else(|_| String::from("manager dropped"))
     }
 
     /// Stops every process (in parallel, each within its graceful timeout, the whole
-    /// within `force_shutdown_timeout`) and returns when all are down.
-    pub async fn shutdown(self, reason: &str) {
-        let deadline = Instant::now() + self.options.force_shutdown_timeout;
-        let mut stops = JoinSet::new();
-        for (_, entry) in self.entries {
-            if let Entry::Managed(handle) = entry {
-                stops.spawn(async move {
-                    let id = handle.id().to_owned();
-                    if let Err(e) = handle.shutdown(deadline).await {
-                        tracing::warn!(id, "shutdown: {e}");
-                    }
-                });
-            }
+    /// within `force_shutdown_timeout`) and returns when all are down. Idempotent.
+    pub async fn shutdown(&self, reason: &str) {
+        let mut guard = self.inner.reconfigure.lock().await;
+        if *guard {
+            return;
         }
-        while stops.join_next().await.is_some() {}
+        *guard = true;
+        let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
+        let entries = std::mem::take(&mut *self.entries());
+        // Keep status readable while stopping: stopped supervisors still publish.
+        let statuses: Vec<Entry> = entries
+            .iter()
+            .map(|e| Entry {
+                def: e.def.clone(),
+                supervision: match &e.supervision {
+                    Supervision::Managed(h) => Supervision::Managed(h.clone()),
+                    Supervision::Idle(s) => Supervision::Idle(s.clone()),
+                },
+            })
+            .collect();
+        *self.entries() = statuses;
+        stop_all(entries, deadline).await;
         hsu_process::reap_orphans();
-        self.reaper.abort();
-        self.events.emit(
+        self.inner.reaper.abort();
+        self.inner.events.emit(
             None,
             EventKind::ManagerStopped {
                 reason: reason.into(),
             },
         );
     }
+}
+
+fn status_of(e: &Entry) -> ProcessStatus {
+    match &e.supervision {
+        Supervision::Managed(h) => h.status(),
+        Supervision::Idle(s) => s.clone(),
+    }
+}
+
+/// Shuts the supervisors of `entries` down in parallel.
+async fn stop_all(entries: Vec<Entry>, deadline: Instant) {
+    let mut stops = JoinSet::new();
+    for entry in entries {
+        if let Supervision::Managed(handle) = entry.supervision {
+            stops.spawn(async move {
+                if let Err(e) = handle.shutdown(deadline).await {
+                    tracing::warn!(id = handle.id(), "shutdown: {e}");
+                }
+            });
+        }
+    }
+    while stops.join_next().await.is_some() {}
 }
 
 fn idle(def: &ProcessDefinition, reason: &str) -> ProcessStatus {
