@@ -1,11 +1,14 @@
 //! `hsu-process-manager`: runs the manager in the foreground, or validates a config.
 //!
-//! A thin layer over `hsu-process-management`: argument parsing, logging set-up, the base
-//! directory and its lock, signals, and exit codes (0 ok, 1 failure, 2 usage or config
-//! error).
+//! A thin layer over `hsu-process-management` and `hsu-api`: argument parsing, logging
+//! set-up, the base directory and its lock, the control API's listeners, signals, the
+//! client commands, and exit codes (0 ok, 1 failure, 2 usage or config error).
+
+mod cli;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use hsu_api::{ApiMetrics, ApiState, ListenSettings};
 use hsu_common::{EventKind, EventSink};
 use hsu_process_file::{Journal, ManagerLock};
 use hsu_process_management::config::{self, Config};
@@ -22,8 +25,13 @@ use std::time::Duration;
     about = "Keeps processes alive, healthy and within their limits."
 )]
 struct Cli {
+    /// The YAML config file (client commands read the API address from it).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -33,17 +41,15 @@ enum Command {
     /// Run the manager in the foreground (the default when no command is given).
     Run(RunArgs),
     /// Check a config file and print every problem found.
-    Validate {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Validate,
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Args, Debug, Clone, Default)]
 struct RunArgs {
-    /// The YAML config file.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
     /// Directory for state, PID files, logs and the event journal (overrides the config).
     #[arg(long)]
     base_dir: Option<PathBuf>,
@@ -61,9 +67,29 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Validate { config }) => validate(&config),
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Validate) => match &cli.config {
+            Some(config) => validate(config),
+            None => {
+                eprintln!("error: validate needs --config FILE");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Run(args)) => run(cli.config, args),
+        Some(Command::Client(command)) => {
+            cli::run(command, cli.client, cli.config, &default_base_dir())
+        }
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(
+                shell,
+                &mut cmd,
+                "hsu-process-manager",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        None => run(cli.config, cli.run),
     }
 }
 
@@ -86,8 +112,8 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let Some(config_path) = args.config.clone() else {
+fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
+    let Some(config_path) = config else {
         eprintln!("error: --config FILE is required to run the manager");
         return ExitCode::from(2);
     };
@@ -188,22 +214,78 @@ async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
             config: cfg.source.display().to_string(),
         },
     );
+    let token = api_token(cfg.manager.api_token_file.as_deref())?;
+    let listen = ListenSettings {
+        bind: cfg.manager.bind,
+        port: args.port.unwrap_or(cfg.manager.port),
+        socket_path: base.join("api.sock"),
+        addr_file: base.join("api.addr"),
+    };
+    if !listen.bind.is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "binding the control API to {} requires an API token (process_manager.api_token_file or HSU_API_TOKEN)",
+            listen.bind
+        );
+    }
     let options = ManagerOptions {
         base_directory: base.clone(),
-        log_directory: log_dir,
+        log_directory: log_dir.clone(),
         force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
     };
     let manager = ProcessManager::start(cfg.processes, options, journal.clone()).await?;
+    let state = ApiState {
+        manager: manager.clone(),
+        journal: journal.clone(),
+        config_path: cfg.source.clone(),
+        base_dir: base.clone(),
+        log_dir,
+        token: token.map(Into::into),
+        metrics: Arc::new(ApiMetrics::default()),
+        started_at: std::time::SystemTime::now(),
+    };
+    let server = match hsu_api::server::start(state, listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            manager.shutdown("control API failed to start").await;
+            return Err(e.into());
+        }
+    };
 
-    let reason = wait_for_shutdown(args.run_duration).await?;
+    let reason = wait_for_shutdown(&manager, &cfg.source, args.run_duration).await?;
     tracing::info!("shutting down: {reason}");
     manager.shutdown(&reason).await;
+    server.stop().await;
     tracing::info!("all processes stopped; bye");
     Ok(())
 }
 
-/// Resolves with the reason once the manager should stop.
-async fn wait_for_shutdown(run_duration: Option<f64>) -> anyhow::Result<String> {
+/// The API token: `HSU_API_TOKEN` overrides the content of `api_token_file`.
+fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("HSU_API_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(Some(t.trim().to_owned()));
+        }
+    }
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read api_token_file {}", file.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "api_token_file {} is empty",
+        file.display()
+    );
+    Ok(Some(token.to_owned()))
+}
+
+/// Resolves with the reason once the manager should stop; reloads the config on SIGHUP.
+async fn wait_for_shutdown(
+    manager: &ProcessManager,
+    config_path: &Path,
+    run_duration: Option<f64>,
+) -> anyhow::Result<String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -222,7 +304,16 @@ async fn wait_for_shutdown(run_duration: Option<f64>) -> anyhow::Result<String> 
             _ = term.recv() => return Ok("SIGTERM".into()),
             _ = int.recv() => return Ok("SIGINT".into()),
             () = &mut limit => return Ok("--run-duration elapsed".into()),
-            _ = hup.recv() => tracing::warn!("SIGHUP received: live reload is not available in this version; restart the manager to apply a new config"),
+            reason = manager.shutdown_requested() => return Ok(reason),
+            _ = hup.recv() => match manager.reload_from_file(config_path).await {
+                Ok(diff) => tracing::info!(
+                    "SIGHUP: config reloaded (added {:?}, removed {:?}, changed {:?})",
+                    diff.added, diff.removed, diff.changed
+                ),
+                Err(problems) => tracing::error!(
+                    "SIGHUP: config not reloaded, the old one keeps running:\n{problems}"
+                ),
+            },
         }
     }
 }

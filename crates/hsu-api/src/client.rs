@@ -369,6 +369,10 @@ impl ApiClient {
             buf.push_str(&String::from_utf8_lossy(&chunk?));
             while let Some(end) = buf.find("\n\n") {
                 let message: String = buf.drain(..end + 2).collect();
+                // Named messages (`event: lagged`) are notices, not journal events.
+                if message.lines().any(|l| l.starts_with("event:")) {
+                    continue;
+                }
                 let data: String = message
                     .lines()
                     .filter_map(|l| l.strip_prefix("data:"))

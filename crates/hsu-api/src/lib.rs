@@ -4,9 +4,33 @@
 //! The server is a thin translation layer: every route calls one `ProcessManager`
 //! method and turns its result into JSON or an error status. It must never change a
 //! process's state itself, and a bad request must never disturb a running process.
+//!
+//! # How a request travels
+//!
+//! ```text
+//! TCP bind:port ─┐                       ┌─ content-type application/grpc ─> grpc   (tonic services)
+//!                ├─> server ─> guard ─> ─┤
+//! api.sock ──────┘                       └─ anything else ─────────────────> http   (JSON routes)
+//!                                                                              │
+//!                       ProcessManager, Journal, <log_dir>/<id>.<stream>.log <─┘
+//! ```
+//!
+//! - [`server`] binds both listeners, serves each connection as HTTP/1.1 or HTTP/2 (prior
+//!   knowledge, so gRPC works over h2c on the same port), and stops gracefully.
+//! - Its guard counts every request for `/metrics` and checks the bearer token (all but
+//!   `GET /healthz` and the gRPC health service).
+//! - `http` holds the JSON routes of SPEC §7, each a few lines over one manager call;
+//!   every error is a [`model::ApiError`]. `metrics` renders the Prometheus text and
+//!   [`openapi`] the OpenAPI document generated from the handlers' annotations.
+//! - [`grpc`] serves the same operations as `hsu.procman.v1.ProcessManager`.
+//! - [`client`] is the typed client of the JSON API; [`model`] the bodies both sides share.
 
 pub mod client;
+pub mod grpc;
+mod http;
+mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod server;
 pub mod state;
 

@@ -194,13 +194,15 @@ impl Supervisor {
                     }
                 }
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Shutdown { deadline, reply }) => {
-                        self.stop_child(Some(deadline), "manager shutting down").await;
+                    Some(cmd) => {
+                        let last = matches!(cmd, Command::Shutdown { .. });
+                        let (reply, result) = self.handle(cmd).await;
                         self.publish();
-                        let _ = reply.send(Ok(()));
-                        return;
+                        let _ = reply.send(result);
+                        if last {
+                            return;
+                        }
                     }
-                    Some(cmd) => self.handle(cmd).await,
                     None => {
                         self.stop_child(None, "manager shutting down").await;
                         self.publish();
@@ -212,39 +214,44 @@ impl Supervisor {
         }
     }
 
-    async fn handle(&mut self, cmd: Command) {
+    /// Carries out a command; the caller publishes the new status, then replies, so a
+    /// caller that reads status after the reply sees the command's effect.
+    async fn handle(&mut self, cmd: Command) -> (Reply, Result<(), ControlError>) {
         match cmd {
             Command::Start(reply) => {
-                let result = match self.machine.state() {
-                    ProcessState::Stopped | ProcessState::Failed => {
-                        self.tracker.reset();
-                        self.start_child("started by request");
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                };
-                let _ = reply.send(result);
+                if matches!(
+                    self.machine.state(),
+                    ProcessState::Stopped | ProcessState::Failed
+                ) {
+                    self.tracker.reset();
+                    self.start_child("started by request");
+                }
+                (reply, Ok(()))
             }
             Command::Stop(reply) => {
                 self.stop_child(None, "stopped by request").await;
-                let _ = reply.send(Ok(()));
+                (reply, Ok(()))
             }
             Command::Restart { force, reply } => {
                 if self.tracker.circuit() == Circuit::Open && !force {
-                    let _ = reply.send(Err(ControlError::Conflict {
+                    let refused = ControlError::Conflict {
                         id: self.id().to_owned(),
                         message: "circuit breaker is open; restart with --force to override".into(),
-                    }));
-                    return;
+                    };
+                    return (reply, Err(refused));
                 }
                 if force {
                     self.tracker.reset();
                 }
                 self.stop_child(None, "restart requested").await;
                 self.start_child("restarted by request");
-                let _ = reply.send(Ok(()));
+                (reply, Ok(()))
             }
-            Command::Shutdown { .. } => unreachable!("handled in run"),
+            Command::Shutdown { deadline, reply } => {
+                self.stop_child(Some(deadline), "manager shutting down")
+                    .await;
+                (reply, Ok(()))
+            }
         }
     }
 

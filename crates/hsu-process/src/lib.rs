@@ -128,6 +128,21 @@ pub fn is_superuser() -> bool {
     platform::is_superuser()
 }
 
+/// The manager's own resource usage, for its metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelfUsage {
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// User plus system CPU time since the manager started.
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+}
+
+/// The manager's own resource usage; `None` where the platform cannot tell.
+pub fn self_usage() -> Option<SelfUsage> {
+    platform::self_usage()
+}
+
 /// Makes the manager the reaper of orphaned descendants, so grandchildren that leave
 /// their group still end up under its eye.
 pub fn become_subreaper() -> std::io::Result<()> {

@@ -147,6 +147,17 @@ pub fn become_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
 
+pub fn self_usage() -> Option<crate::SelfUsage> {
+    let me = procfs::process::Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    let ticks = procfs::ticks_per_second().max(1) as f64;
+    Some(crate::SelfUsage {
+        rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+        open_fds: me.fd_count().map_or(0, |n| n as u64),
+    })
+}
+
 /// One row of the process table: what the tree walk needs.
 struct Row {
     pid: u32,

@@ -1,0 +1,360 @@
+//! The client commands: `status`, `start`, `stop`, `restart`, `logs`, `events`, `reload`,
+//! `shutdown`. Each finds the manager, makes one API call (or follows a stream) and
+//! prints the answer for people (or `--json` for scripts).
+
+use clap::{Args, Subcommand};
+use hsu_api::{ApiAddress, ApiClient, ClientError, Process};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// How a client command finds and authenticates to the manager.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClientArgs {
+    /// API address: http://HOST:PORT or unix:/path/api.sock [env: HSU_API]
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// Bearer token [env: HSU_API_TOKEN]
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Show processes: a table, or the API's JSON with --json.
+    Status {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped or failed process (also closes its circuit breaker).
+    Start { id: String },
+    /// Stop a process and everything it started.
+    Stop { id: String },
+    /// Stop and start a process.
+    Restart {
+        id: String,
+        /// Restart even while the circuit breaker is open.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a process's captured output.
+    Logs {
+        id: String,
+        #[arg(long, default_value = "stdout", value_parser = ["stdout", "stderr"])]
+        stream: String,
+        /// How many of the last lines to print.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print the event journal.
+    Events {
+        /// Keep printing new events.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Re-read the config and apply the difference.
+    Reload,
+    /// Stop every process and the manager.
+    Shutdown,
+}
+
+impl ClientCommand {
+    /// `status` and other read-only calls answer fast; stops may take a graceful timeout.
+    fn name(&self) -> &'static str {
+        match self {
+            ClientCommand::Status { .. } => "status",
+            ClientCommand::Start { .. } => "start",
+            ClientCommand::Stop { .. } => "stop",
+            ClientCommand::Restart { .. } => "restart",
+            ClientCommand::Logs { .. } => "logs",
+            ClientCommand::Events { .. } => "events",
+            ClientCommand::Reload => "reload",
+            ClientCommand::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Resolves the API address: `--api`, `HSU_API`, `--config`, the default base
+/// directory's `api.addr`, then `http://127.0.0.1:50055`.
+pub fn resolve_address(
+    args: &ClientArgs,
+    config: Option<&Path>,
+    default_base: &Path,
+) -> Result<ApiAddress, String> {
+    if let Some(a) = args
+        .api
+        .clone()
+        .or_else(|| std::env::var("HSU_API").ok().filter(|v| !v.is_empty()))
+    {
+        return a.parse();
+    }
+    if let Some(path) = config {
+        let cfg = hsu_process_management::config::load_file(path)
+            .map_err(|e| format!("cannot read {} to find the manager:\n{e}", path.display()))?;
+        let base = cfg
+            .manager
+            .base_directory
+            .clone()
+            .unwrap_or_else(|| default_base.to_path_buf());
+        if let Some(addr) = read_addr_file(&base) {
+            return Ok(addr);
+        }
+        let host = if cfg.manager.bind.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            cfg.manager.bind.to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        return Ok(ApiAddress::Tcp(format!("{host}:{}", cfg.manager.port)));
+    }
+    if let Some(addr) = read_addr_file(default_base) {
+        return Ok(addr);
+    }
+    Ok(ApiAddress::Tcp("127.0.0.1:50055".into()))
+}
+
+fn read_addr_file(base: &Path) -> Option<ApiAddress> {
+    let text = std::fs::read_to_string(base.join("api.addr")).ok()?;
+    text.trim().parse().ok()
+}
+
+pub fn run(
+    command: ClientCommand,
+    args: ClientArgs,
+    config: Option<PathBuf>,
+    default_base: &Path,
+) -> ExitCode {
+    let address = match resolve_address(&args, config.as_deref(), default_base) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let token = args.token.clone().or_else(|| {
+        std::env::var("HSU_API_TOKEN")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    let client = ApiClient::new(address, token);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = command.name();
+    match runtime.block_on(execute(command, &client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::Unreachable { address, reason }) => {
+            eprintln!("error: manager not reachable at {address} ({reason})");
+            ExitCode::FAILURE
+        }
+        Err(ClientError::Api { error, .. }) => {
+            eprintln!("error: {name}: {}", error.error);
+            for p in &error.problems {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), ClientError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ClientCommand::Status { id, json } => {
+            let processes = match &id {
+                Some(id) => vec![client.get(id).await?],
+                None => client.list().await?,
+            };
+            if json {
+                let value = match id {
+                    Some(_) => serde_json::to_value(&processes[0]),
+                    None => serde_json::to_value(&processes),
+                }
+                .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                let _ = writeln!(out, "{}", status_table(&processes));
+            }
+        }
+        ClientCommand::Start { id } => {
+            let a = client.start(&id).await?;
+            print_after(&mut out, "started", &id, a.process.as_ref());
+        }
+        ClientCommand::Stop { id } => {
+            let a = client.stop(&id).await?;
+            print_after(&mut out, "stopped", &id, a.process.as_ref());
+        }
+        ClientCommand::Restart { id, force } => {
+            let a = client.restart(&id, force).await?;
+            print_after(&mut out, "restarted", &id, a.process.as_ref());
+        }
+        ClientCommand::Logs {
+            id,
+            stream,
+            lines,
+            follow,
+        } => {
+            if follow {
+                client
+                    .follow_logs(&id, &stream, Some(lines), |chunk| {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(chunk.as_bytes()).is_ok() && o.flush().is_ok()
+                    })
+                    .await?;
+            } else {
+                let _ = out.write_all(client.logs(&id, &stream, Some(lines)).await?.as_bytes());
+            }
+        }
+        ClientCommand::Events { follow } => {
+            if follow {
+                drop(out);
+                client
+                    .follow_events(|e| {
+                        let line = serde_json::to_string(&e).unwrap_or_default();
+                        writeln!(std::io::stdout().lock(), "{line}").is_ok()
+                    })
+                    .await?;
+            } else {
+                for e in client.events().await? {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());
+                }
+            }
+        }
+        ClientCommand::Reload => {
+            let r = client.reload().await?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let _ = writeln!(
+                out,
+                "reloaded: added {}; removed {}; changed {}; unchanged {}",
+                list(&r.added),
+                list(&r.removed),
+                list(&r.changed),
+                list(&r.unchanged)
+            );
+        }
+        ClientCommand::Shutdown => {
+            client.shutdown().await?;
+            let _ = writeln!(out, "manager is shutting down");
+        }
+    }
+    Ok(())
+}
+
+fn print_after(out: &mut impl Write, verb: &str, id: &str, p: Option<&Process>) {
+    match p {
+        Some(p) => {
+            let pid = p.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+            let _ = writeln!(out, "{id}: {verb} (now {}{pid}: {})", p.state, p.reason);
+        }
+        None => {
+            let _ = writeln!(out, "{id}: {verb}");
+        }
+    }
+}
+
+/// The aligned table of `status`.
+pub fn status_table(processes: &[Process]) -> String {
+    use comfy_table::{presets::NOTHING, CellAlignment, Table};
+    let mut table = Table::new();
+    table.load_preset(NOTHING);
+    table.set_header([
+        "ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "CPU%", "MEM",
+    ]);
+    for p in processes {
+        let state = match (&p.state[..], p.circuit.as_str()) {
+            ("failed", "open") => "failed (circuit open)".to_owned(),
+            _ => p.state.clone(),
+        };
+        table.add_row([
+            p.id.clone(),
+            p.process_type.replace("_managed", ""),
+            state,
+            p.pid.map_or("-".into(), |v| v.to_string()),
+            p.uptime_secs.map_or("-".into(), human_duration),
+            p.restart_count.to_string(),
+            p.health.status.clone(),
+            p.resources
+                .as_ref()
+                .map_or("-".into(), |r| format!("{:.1}", r.cpu_percent)),
+            p.resources.as_ref().map_or("-".into(), |r| {
+                bytesize::ByteSize::b(r.rss_bytes)
+                    .display()
+                    .iec()
+                    .to_string()
+            }),
+        ]);
+    }
+    for i in [3, 4, 5, 7, 8] {
+        if let Some(c) = table.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table.to_string()
+}
+
+/// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(61), "1m 1s");
+        assert_eq!(human_duration(3 * 3600 + 5 * 60 + 9), "3h 5m");
+        assert_eq!(human_duration(2 * 86_400 + 3600), "2d 1h");
+    }
+
+    #[test]
+    fn address_order_api_flag_first_then_default() {
+        let dir = std::env::temp_dir().join("hsu-cli-test-none");
+        let args = ClientArgs {
+            api: Some("unix:/x/api.sock".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_address(&args, None, &dir).unwrap(),
+            ApiAddress::Unix("/x/api.sock".into())
+        );
+    }
+}

@@ -1,0 +1,880 @@
+//! The HTTP/JSON routes (SPEC §7). Each handler reads its path and query, calls one
+//! `ProcessManager` operation (or reads the journal or a log file), and turns the result
+//! into JSON or an [`ApiFailure`]; every error answer is `{"error", "code"}` JSON.
+//!
+//! Manager operations run in a task of their own, so a client that hangs up halfway
+//! through a stop or a reload never leaves the operation half done.
+
+use crate::model::{Accepted, ApiError, Process, ReloadResult};
+use crate::ApiState;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hsu_common::{Event, ProcessState};
+use hsu_managed_process::{ControlError, ProcessStatus};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Deserialize;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::StreamExt;
+
+/// Largest request body accepted (413 above).
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
+/// `tail` is capped here: more lines than this are never sent at once.
+const MAX_TAIL_LINES: usize = 100_000;
+const DEFAULT_TAIL_LINES: usize = 100;
+/// How often a followed log file is checked for new bytes.
+const LOG_POLL: Duration = Duration::from_millis(200);
+/// An SSE comment this often keeps proxies from closing an idle event stream.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(crate) const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+const NDJSON: &str = "application/x-ndjson";
+const EVENT_STREAM: &str = "text/event-stream";
+
+/// What the handlers share: the API state and the server's "stopping" signal, which ends
+/// streaming answers (`follow=true`) so a graceful stop does not wait on them.
+#[derive(Clone)]
+pub(crate) struct HttpState {
+    api: ApiState,
+    stopping: watch::Receiver<bool>,
+}
+
+/// The JSON API as a router; unknown routes are JSON 404s, wrong methods JSON 405s.
+pub(crate) fn routes(api: ApiState, stopping: watch::Receiver<bool>) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/api/v1/processes", get(list_processes))
+        .route("/api/v1/processes/{id}", get(get_process))
+        .route("/api/v1/processes/{id}/start", post(start_process))
+        .route("/api/v1/processes/{id}/stop", post(stop_process))
+        .route("/api/v1/processes/{id}/restart", post(restart_process))
+        .route("/api/v1/processes/{id}/logs", get(process_logs))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/reload", post(reload))
+        .route("/api/v1/shutdown", post(shutdown))
+        .fallback(unknown_route)
+        .layer(middleware::from_fn(check_body))
+        .with_state(HttpState { api, stopping });
+    // Around the whole router: the `Allow` header is only added outside a route's layers.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(json_method_not_allowed))
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// An error answer: a status and the `{"error", "code"}` body.
+#[derive(Debug)]
+pub(crate) struct ApiFailure {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl ApiFailure {
+    pub(crate) fn new(status: StatusCode, code: &str, error: impl Into<String>) -> Self {
+        ApiFailure {
+            status,
+            body: ApiError {
+                error: error.into(),
+                code: code.into(),
+                problems: Vec::new(),
+            },
+        }
+    }
+
+    fn invalid(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", error)
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiFailure {
+    fn from(e: ControlError) -> Self {
+        let (status, code) = match e {
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            ControlError::Gone(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiFailure> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiFailure::invalid(e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiFailure> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiFailure::invalid(e.body_text()))
+}
+
+/// `?name`, `?name=true|false|1|0|yes|no`; absent is false.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiFailure> {
+    match value {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("" | "true" | "1" | "yes") => Ok(true),
+        Some(other) => Err(ApiFailure::invalid(format!(
+            "`{name}` must be true or false, not `{other}`"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Middleware
+
+/// Bodies: over [`MAX_BODY`] is 413; a non-empty body that is not JSON is 400. (No route
+/// takes a body yet, but a client sending a broken one should hear about it.)
+async fn check_body(req: Request, next: Next) -> Response {
+    let too_large = || {
+        ApiFailure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+        .into_response()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Err(e) => {
+            return ApiFailure::invalid(format!("cannot read the request body: {e}"))
+                .into_response()
+        }
+    };
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return ApiFailure::invalid(format!("the request body is not valid JSON: {e}"))
+                .into_response();
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// axum answers a known path with the wrong method by an empty 405; make it JSON and
+/// keep its `Allow` header.
+async fn json_method_not_allowed(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = next.run(req).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let allowed = allow
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
+    let mut answer = ApiFailure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path} (allowed: {allowed})"),
+    )
+    .into_response();
+    if let Some(allow) = allow {
+        answer.headers_mut().insert(header::ALLOW, allow);
+    }
+    answer
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Manager, documentation and metrics
+
+/// Manager liveness; the one route that needs no token.
+#[utoipa::path(get, path = "/healthz", tag = "manager", security(()),
+    responses((status = 200, description = "The manager is running", body = String, content_type = "text/plain")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics of the processes, the manager and the API.
+#[utoipa::path(get, path = "/metrics", tag = "manager",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn metrics(State(s): State<HttpState>) -> Response {
+    let text = crate::metrics::render(&s.api);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "manager",
+    responses(
+        (status = 200, description = "OpenAPI 3 description of this API", body = Object),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+        .into_response()
+}
+
+/// Reloads the config file: starts added processes, stops removed ones, restarts changed
+/// ones, leaves the rest untouched. An invalid config changes nothing.
+#[utoipa::path(post, path = "/api/v1/reload", tag = "manager",
+    responses(
+        (status = 200, description = "The applied difference", body = ReloadResult),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 422, description = "The config is invalid (every problem in `problems`); the running config is unchanged", body = ApiError)))]
+pub(crate) async fn reload(State(s): State<HttpState>) -> Result<Json<ReloadResult>, ApiFailure> {
+    let manager = s.api.manager.clone();
+    let path = s.api.config_path.clone();
+    let outcome = run_to_completion(async move { manager.reload_from_file(&path).await }).await?;
+    match outcome {
+        Ok(diff) => Ok(Json(ReloadResult {
+            added: diff.added,
+            removed: diff.removed,
+            changed: diff.changed,
+            unchanged: diff.unchanged,
+        })),
+        Err(errors) => {
+            let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            let mut failure = ApiFailure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!(
+                    "{} is invalid ({} problem(s)); the running config is unchanged",
+                    s.api.config_path.display(),
+                    problems.len()
+                ),
+            );
+            failure.body.problems = problems;
+            Err(failure)
+        }
+    }
+}
+
+/// Shuts the manager down (every process is stopped first) after answering.
+#[utoipa::path(post, path = "/api/v1/shutdown", tag = "manager",
+    responses(
+        (status = 202, description = "Shutdown requested", body = Accepted),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn shutdown(State(s): State<HttpState>) -> (StatusCode, Json<Accepted>) {
+    let manager = s.api.manager.clone();
+    // The request only raises a flag the binary waits on; its shutdown stops the server
+    // gracefully, so this answer is still delivered.
+    tokio::spawn(async move { manager.request_shutdown("API shutdown request") });
+    (
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: None,
+            action: "shutdown".into(),
+            process: None,
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes
+
+impl HttpState {
+    fn process(&self, id: &str) -> Result<Process, ApiFailure> {
+        let manager = &self.api.manager;
+        let status = manager
+            .status(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        Ok(Process::from_status(
+            &status,
+            manager.definition(id).as_ref(),
+        ))
+    }
+}
+
+/// Every process, in config order.
+#[utoipa::path(get, path = "/api/v1/processes", tag = "processes",
+    responses(
+        (status = 200, description = "Every process", body = [Process]),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn list_processes(State(s): State<HttpState>) -> Json<Vec<Process>> {
+    let manager = &s.api.manager;
+    Json(
+        manager
+            .statuses()
+            .iter()
+            .map(|st| Process::from_status(st, manager.definition(&st.id).as_ref()))
+            .collect(),
+    )
+}
+
+/// One process.
+#[utoipa::path(get, path = "/api/v1/processes/{id}", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    responses(
+        (status = 200, description = "The process", body = Process),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 404, description = "No such process", body = ApiError)))]
+pub(crate) async fn get_process(
+    State(s): State<HttpState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Process>, ApiFailure> {
+    s.process(&path_id(id)?).map(Json)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Start,
+    Stop,
+    Restart { force: bool },
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart { .. } => "restart",
+        }
+    }
+}
+
+/// Runs `action` to its end and answers 202 with the process as it is afterwards.
+async fn control(
+    s: HttpState,
+    id: Result<Path<String>, PathRejection>,
+    action: Action,
+) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
+    let id = path_id(id)?;
+    let manager = s.api.manager.clone();
+    let target = id.clone();
+    run_to_completion(async move {
+        match action {
+            Action::Start => manager.start_process(&target).await,
+            Action::Stop => manager.stop_process(&target).await,
+            Action::Restart { force } => manager.restart_process(&target, force).await,
+        }
+    })
+    .await??;
+    // Supervisors publish a command's effect before they answer it.
+    let status = s
+        .api
+        .manager
+        .status(&id)
+        .ok_or_else(|| ControlError::NotFound(id.clone()))?;
+    let process = Process::from_status(&status, s.api.manager.definition(&id).as_ref());
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            id: Some(id),
+            action: action.name().into(),
+            process: Some(process),
+        }),
+    ))
+}
+
+/// Runs a manager operation in its own task, so it completes even if the client leaves.
+async fn run_to_completion<T: Send + 'static>(
+    operation: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiFailure> {
+    tokio::spawn(operation)
+        .await
+        .map_err(|e| ApiFailure::internal(format!("the operation failed: {e}")))
+}
+
+/// Starts a stopped or failed process (closing its breaker); answers once it started.
+#[utoipa::path(post, path = "/api/v1/processes/{id}/start", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    responses(
+        (status = 202, description = "Started; the process as it is now", body = Accepted),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 404, description = "No such process", body = ApiError),
+        (status = 409, description = "Not possible for this process (e.g. unmanaged)", body = ApiError),
+        (status = 503, description = "The manager is shutting down", body = ApiError)))]
+pub(crate) async fn start_process(
+    State(s): State<HttpState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
+    control(s, id, Action::Start).await
+}
+
+/// Stops a process; answers once nothing of its tree is left.
+#[utoipa::path(post, path = "/api/v1/processes/{id}/stop", tag = "processes",
+    params(("id" = String, Path, description = "Process id")),
+    responses(
+        (status = 202, description = "Stopped; the process as it is now", body = Accepted),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 404, description = "No such process", body = ApiError),
+        (status = 409, description = "Not possible for this process (e.g. unmanaged)", body = ApiError),
+        (status = 503, description = "The manager is shutting down", body = ApiError)))]
+pub(crate) async fn stop_process(
+    State(s): State<HttpState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
+    control(s, id, Action::Stop).await
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RestartQuery {
+    force: Option<String>,
+}
+
+/// Stops (if running) and starts a process; `force=true` ignores an open circuit breaker.
+#[utoipa::path(post, path = "/api/v1/processes/{id}/restart", tag = "processes",
+    params(
+        ("id" = String, Path, description = "Process id"),
+        ("force" = Option<bool>, Query, description = "Restart even while the circuit breaker is open")),
+    responses(
+        (status = 202, description = "Restarted; the process as it is now", body = Accepted),
+        (status = 400, description = "Bad query", body = ApiError),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 404, description = "No such process", body = ApiError),
+        (status = 409, description = "Not possible (unmanaged, or the breaker is open without force)", body = ApiError),
+        (status = 503, description = "The manager is shutting down", body = ApiError)))]
+pub(crate) async fn restart_process(
+    State(s): State<HttpState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<RestartQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
+    let force = flag("force", query(q)?.force.as_deref())?;
+    control(s, id, Action::Restart { force }).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LogsQuery {
+    stream: Option<String>,
+    tail: Option<String>,
+    follow: Option<String>,
+}
+
+/// The last lines of a process's captured output, and with `follow=true` what it writes
+/// from then on.
+#[utoipa::path(get, path = "/api/v1/processes/{id}/logs", tag = "processes",
+    params(
+        ("id" = String, Path, description = "Process id"),
+        ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
+        ("tail" = Option<usize>, Query, description = "Lines from the end (default 100, at most 100000; 0 = none)"),
+        ("follow" = Option<bool>, Query, description = "Keep streaming what is appended")),
+    responses(
+        (status = 200, description = "The log text (streamed with follow=true)", body = String, content_type = "text/plain"),
+        (status = 400, description = "Bad query", body = ApiError),
+        (status = 401, description = "Missing or wrong token", body = ApiError),
+        (status = 404, description = "No such process", body = ApiError)))]
+pub(crate) async fn process_logs(
+    State(s): State<HttpState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let id = path_id(id)?;
+    let q = query(q)?;
+    let stream = match q.stream.as_deref() {
+        None | Some("stdout") => "stdout",
+        Some("stderr") => "stderr",
+        Some(other) => {
+            return Err(ApiFailure::invalid(format!(
+                "`stream` must be stdout or stderr, not `{other}`"
+            )))
+        }
+    };
+    let tail = match q.tail.as_deref() {
+        None => DEFAULT_TAIL_LINES,
+        // Any count of lines is accepted; more than the cap is the cap.
+        Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            t.parse::<usize>().unwrap_or(MAX_TAIL_LINES)
+        }
+        Some(t) => {
+            return Err(ApiFailure::invalid(format!(
+                "`tail` must be a number of lines (0 or more), not `{t}`"
+            )))
+        }
+    }
+    .min(MAX_TAIL_LINES);
+    let follow = flag("follow", q.follow.as_deref())?;
+    // Only a known id names a file, so the path can never leave the log directory.
+    if s.api.manager.status(&id).is_none() {
+        return Err(ControlError::NotFound(id).into());
+    }
+    let path = s.api.log_dir.join(format!("{id}.{stream}.log"));
+    let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN))];
+    if follow {
+        let body = streaming_body(s.stopping.clone(), move |tx| {
+            log_file::follow(path, tail, tx)
+        });
+        return Ok((headers, body).into_response());
+    }
+    let tail = tokio::task::spawn_blocking(move || log_file::tail(&path, tail))
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(|e| ApiFailure::internal(format!("cannot read the log: {e}")))?;
+    Ok((headers, tail.bytes).into_response())
+}
+
+/// A body fed by `produce` through a channel. The producer is dropped as soon as the
+/// client goes away or the server stops, whichever comes first.
+fn streaming_body<F, Fut>(mut stopping: watch::Receiver<bool>, produce: F) -> Body
+where
+    F: FnOnce(mpsc::Sender<Bytes>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let client = tx.clone();
+    let producer = produce(tx);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = producer => {}
+            () = client.closed() => {}
+            () = crate::server::stopped(&mut stopping) => {}
+        }
+    });
+    Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    )
+}
+
+/// Reading the end of a log file, and following it across truncation and rotation.
+mod log_file {
+    use super::{Bytes, LOG_POLL};
+    use std::fs::File;
+    use std::io::{self, Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    use tokio::sync::mpsc;
+
+    /// Bytes sent at most per read while following.
+    const FOLLOW_CHUNK: usize = 64 * 1024;
+    /// The tail is never larger than this, however long its lines are.
+    const MAX_TAIL_BYTES: u64 = 16 * 1024 * 1024;
+
+    pub(super) struct Tail {
+        pub(super) bytes: Vec<u8>,
+        /// Where the file ended when read, and which file it was (to follow on from).
+        end: u64,
+        inode: Option<u64>,
+    }
+
+    /// The last `lines` lines of the file at `path`; a file not yet written is empty.
+    pub(super) fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Tail {
+                    bytes: Vec::new(),
+                    end: 0,
+                    inode: None,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let end = meta.len();
+        let mut bytes = Vec::new();
+        let mut start = end;
+        // Newlines seen that end a line of the tail (a final newline ends the last line).
+        let mut newlines = 0;
+        while lines > 0 && start > 0 && newlines <= lines && end - start < MAX_TAIL_BYTES {
+            let from = start.saturating_sub(FOLLOW_CHUNK as u64);
+            let mut chunk = vec![0; (start - from) as usize];
+            file.seek(SeekFrom::Start(from))?;
+            file.read_exact(&mut chunk)?;
+            newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+            chunk.extend_from_slice(&bytes);
+            bytes = chunk;
+            start = from;
+        }
+        // Keep what follows the newline before the wanted lines.
+        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let cut = body
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(lines.saturating_sub(1))
+            .map_or(0, |(i, _)| i + 1);
+        let cut = if lines == 0 { bytes.len() } else { cut };
+        bytes.drain(..cut);
+        Ok(Tail {
+            bytes,
+            end,
+            inode: Some(meta.ino()),
+        })
+    }
+
+    /// Sends the tail, then every byte appended, checking every [`LOG_POLL`]. A file that
+    /// shrinks (truncated) is read again from its start; one replaced (rotated) is read to
+    /// its end, then the new file from its start.
+    pub(super) async fn follow(path: PathBuf, lines: usize, tx: mpsc::Sender<Bytes>) {
+        let first = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || tail(&path, lines)).await
+        };
+        let mut open = match first {
+            Ok(Ok(t)) => {
+                if !t.bytes.is_empty() && tx.send(t.bytes.into()).await.is_err() {
+                    return;
+                }
+                match t.inode {
+                    Some(_) => reopen(&path, t.end).await,
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let mut ticker = tokio::time::interval(LOG_POLL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Some(file) = open.as_mut() {
+                if send_new_bytes(file, &tx).await.is_err() {
+                    return;
+                }
+            }
+            let current = tokio::fs::metadata(&path).await.ok();
+            let open_meta = match open.as_ref() {
+                Some(f) => f.metadata().await.ok(),
+                None => None,
+            };
+            match (current, open_meta) {
+                (None, _) => {}
+                (Some(now), Some(held)) if now.ino() == held.ino() => {
+                    if let Some(file) = open.as_mut() {
+                        let pos = file.stream_position().await.unwrap_or(0);
+                        if now.len() < pos {
+                            let _ = file.seek(SeekFrom::Start(0)).await;
+                        }
+                    }
+                }
+                // Rotated (a new file under the name) or created since: finish the old
+                // file, then read the new one from its start.
+                (Some(_), _) => {
+                    if let Some(file) = open.as_mut() {
+                        if send_new_bytes(file, &tx).await.is_err() {
+                            return;
+                        }
+                    }
+                    open = reopen(&path, 0).await;
+                }
+            }
+        }
+    }
+
+    async fn reopen(path: &Path, at: u64) -> Option<tokio::fs::File> {
+        let mut file = tokio::fs::File::open(path).await.ok()?;
+        file.seek(SeekFrom::Start(at)).await.ok()?;
+        Some(file)
+    }
+
+    /// Reads `file` to its current end, sending what it finds. Err: the client is gone.
+    async fn send_new_bytes(
+        file: &mut tokio::fs::File,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Result<(), ()> {
+        let mut buf = vec![0; FOLLOW_CHUNK];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(n) => tx
+                    .send(Bytes::copy_from_slice(&buf[..n]))
+                    .await
+                    .map_err(|_| ())?,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    follow: Option<String>,
+    since: Option<String>,
+}
+
+/// The event journal: every event as JSON lines; with `follow=true`, new events as
+/// server-sent events (`id: <seq>`, `data: <event>`), with `since` (or `Last-Event-ID`)
+/// first the stored events after that `seq`.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(
+        ("follow" = Option<bool>, Query, description = "Stream new events as server-sent events"),
+        ("since" = Option<u64>, Query, description = "Only events with a larger `seq`")),
+    responses(
+        (status = 200, description = "JSON lines (application/x-ndjson), or with follow=true server-sent events (text/event-stream); a follower that falls behind gets an `event: lagged` message",
+            content((String = "application/x-ndjson"), (String = "text/event-stream"))),
+        (status = 400, description = "Bad query", body = ApiError),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn events(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let q = query(q)?;
+    let follow = flag("follow", q.follow.as_deref())?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| follow);
+    let since = match q.since.as_deref().or(last_event_id) {
+        None => None,
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+            ApiFailure::invalid(format!("`since` must be an event seq number, not `{v}`"))
+        })?),
+    };
+    if follow {
+        // Subscribed before answering: every event after the answer's head is delivered.
+        let live = s.api.journal.subscribe();
+        let journal = s.api.journal.clone();
+        let body = streaming_body(s.stopping.clone(), move |tx| {
+            follow_events(journal, since, live, tx)
+        });
+        let headers = [
+            (header::CONTENT_TYPE, EVENT_STREAM),
+            (header::CACHE_CONTROL, "no-cache"),
+        ];
+        return Ok((headers, body).into_response());
+    }
+    let journal = s.api.journal.clone();
+    let stored = tokio::task::spawn_blocking(move || journal.read_all())
+        .await
+        .map_err(ApiFailure::internal)?
+        .map_err(ApiFailure::internal)?;
+    let mut body = Vec::new();
+    for event in stored.iter().filter(|e| since.is_none_or(|s| e.seq > s)) {
+        body.extend_from_slice(&json_line(event));
+    }
+    Ok(([(header::CONTENT_TYPE, NDJSON)], body).into_response())
+}
+
+fn json_line(event: &Event) -> Vec<u8> {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+fn sse_message(event: &Event) -> Bytes {
+    let data = serde_json::to_string(event).unwrap_or_default();
+    format!("id: {}\ndata: {data}\n\n", event.seq).into()
+}
+
+async fn follow_events(
+    journal: std::sync::Arc<hsu_process_file::Journal>,
+    since: Option<u64>,
+    mut live: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let mut last_sent = 0;
+    if let Some(since) = since {
+        let stored = tokio::task::spawn_blocking(move || journal.read_all()).await;
+        for event in stored.into_iter().flatten().flatten() {
+            if event.seq > since {
+                last_sent = event.seq;
+                if tx.send(sse_message(&event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + SSE_KEEP_ALIVE, SSE_KEEP_ALIVE);
+    loop {
+        let message = tokio::select! {
+            received = live.recv() => match received {
+                // Already sent from the stored journal.
+                Ok(event) if event.seq <= last_sent => continue,
+                Ok(event) => {
+                    last_sent = event.seq;
+                    sse_message(&event)
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n").into()
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        if tx.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_file::tail;
+    use std::io::Write;
+
+    fn tail_of(content: &[u8], lines: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(content)
+            .unwrap();
+        String::from_utf8(tail(&path, lines).unwrap().bytes).unwrap()
+    }
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        assert_eq!(tail_of(b"a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_of(b"a\nb\nc\n", 3), "a\nb\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc\n", 10), "a\nb\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc\n", 0), "");
+        assert_eq!(tail_of(b"", 5), "");
+        assert_eq!(tail_of(b"\n\n\n", 2), "\n\n");
+    }
+
+    #[test]
+    fn tail_reads_across_chunks() {
+        let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
+        let got = tail_of(text.as_bytes(), 30_000);
+        assert_eq!(got.lines().count(), 30_000);
+        assert!(got.starts_with("line 20000\n"));
+        assert!(got.ends_with("line 49999\n"));
+    }
+
+    #[test]
+    fn tail_of_a_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(tail(&dir.path().join("none.log"), 5)
+            .unwrap()
+            .bytes
+            .is_empty());
+    }
+}

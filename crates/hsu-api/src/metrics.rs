@@ -1,0 +1,248 @@
+//! `GET /metrics`: the processes, the manager itself and the API in the Prometheus text
+//! exposition format (version 0.0.4).
+//!
+//! Per process (label `id`):
+//! - `hsu_process_state{state}`: 1 for the current state, 0 for the other four;
+//! - `hsu_process_up`: 1 while running; `hsu_process_uptime_seconds` (0 when not running);
+//! - `hsu_process_restarts_total`: automatic restarts;
+//! - `hsu_process_health`: 1 healthy, 0 unhealthy, -1 unknown;
+//! - `hsu_process_circuit_open`: 1 while the circuit breaker is open or half-open;
+//! - `hsu_process_resident_memory_bytes`, `hsu_process_cpu_seconds_total`: only for
+//!   processes whose resources are sampled (the families are always described).
+//!
+//! The manager: `hsu_manager_resident_memory_bytes`, `hsu_manager_cpu_seconds_total`,
+//! `hsu_manager_open_fds`, `hsu_manager_start_time_seconds`. The API:
+//! `hsu_api_requests_total{protocol="http"|"grpc"}`, `hsu_api_unauthorized_total`,
+//! `hsu_api_client_errors_total`.
+
+use crate::model::Process;
+use crate::ApiState;
+use hsu_common::ProcessState;
+use std::fmt::{Display, Write};
+use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
+
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The whole exposition, as of now.
+pub(crate) fn render(api: &ApiState) -> String {
+    let manager = &api.manager;
+    let processes: Vec<Process> = manager
+        .statuses()
+        .iter()
+        .map(|s| Process::from_status(s, manager.definition(&s.id).as_ref()))
+        .collect();
+    let mut out = Exposition::default();
+
+    out.family(
+        "hsu_process_state",
+        "gauge",
+        "Current state of the process: 1 for the state it is in, 0 for the others.",
+    );
+    for p in &processes {
+        for state in ProcessState::ALL.map(ProcessState::as_str) {
+            let value = u8::from(p.state == state);
+            out.sample(
+                "hsu_process_state",
+                &[("id", &p.id), ("state", state)],
+                value,
+            );
+        }
+    }
+    out.per_process(
+        &processes,
+        "hsu_process_up",
+        "gauge",
+        "1 while the process is running, else 0.",
+        |p| Some(u8::from(p.state == ProcessState::Running.as_str()).into()),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_uptime_seconds",
+        "gauge",
+        "Seconds since the process was started; 0 while it is not running.",
+        |p| Some(p.uptime_secs.unwrap_or(0) as f64),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_restarts_total",
+        "counter",
+        "Automatic restarts since the manager started supervising the process.",
+        |p| Some(p.restart_count.into()),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_health",
+        "gauge",
+        "Health of the process: 1 healthy, 0 unhealthy, -1 unknown.",
+        |p| {
+            Some(match p.health.status.as_str() {
+                "healthy" => 1.0,
+                "unhealthy" => 0.0,
+                _ => -1.0,
+            })
+        },
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_circuit_open",
+        "gauge",
+        "1 while the process's circuit breaker is open or half-open, else 0.",
+        |p| Some(u8::from(p.circuit != "closed").into()),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the whole process tree, in bytes (sampled processes only).",
+        |p| p.resources.as_ref().map(|r| r.rss_bytes as f64),
+    );
+    // The API model carries no CPU time yet, only a percentage: the family is described
+    // so dashboards can be built, and filled in once resources carry CPU seconds.
+    out.per_process(
+        &processes,
+        "hsu_process_cpu_seconds_total",
+        "counter",
+        "CPU time of the whole process tree, in seconds (sampled processes only).",
+        |_| None,
+    );
+
+    let usage = hsu_process::self_usage();
+    out.single(
+        "hsu_manager_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the manager, in bytes.",
+        usage.map(|u| u.rss_bytes as f64),
+    );
+    out.single(
+        "hsu_manager_cpu_seconds_total",
+        "counter",
+        "CPU time of the manager (user and system), in seconds.",
+        usage.map(|u| u.cpu_seconds),
+    );
+    out.single(
+        "hsu_manager_open_fds",
+        "gauge",
+        "File descriptors the manager has open.",
+        usage.map(|u| u.open_fds as f64),
+    );
+    out.single(
+        "hsu_manager_start_time_seconds",
+        "gauge",
+        "When the manager started, in seconds since the Unix epoch.",
+        api.started_at
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64()),
+    );
+
+    let metrics = &api.metrics;
+    out.family(
+        "hsu_api_requests_total",
+        "counter",
+        "Requests the control API received, by protocol.",
+    );
+    for (protocol, counter) in [
+        ("http", &metrics.http_requests),
+        ("grpc", &metrics.grpc_requests),
+    ] {
+        out.sample(
+            "hsu_api_requests_total",
+            &[("protocol", protocol)],
+            counter.load(Ordering::Relaxed),
+        );
+    }
+    out.single(
+        "hsu_api_unauthorized_total",
+        "counter",
+        "Requests refused for a missing or wrong token.",
+        Some(metrics.unauthorized.load(Ordering::Relaxed) as f64),
+    );
+    out.single(
+        "hsu_api_client_errors_total",
+        "counter",
+        "Requests answered with a 4xx status.",
+        Some(metrics.client_errors.load(Ordering::Relaxed) as f64),
+    );
+    out.0
+}
+
+/// Text being written in the exposition format.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (label, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{label}=\"{}\"", escape_label_value(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// One family with a sample per process (`None`: no sample for that process).
+    fn per_process(
+        &mut self,
+        processes: &[Process],
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl Fn(&Process) -> Option<f64>,
+    ) {
+        self.family(name, kind, help);
+        for p in processes {
+            if let Some(v) = value(p) {
+                self.sample(name, &[("id", &p.id)], v);
+            }
+        }
+    }
+
+    /// A family of one unlabelled sample (`None`: described, no sample).
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: Option<f64>) {
+        self.family(name, kind, help);
+        if let Some(v) = value {
+            self.sample(name, &[], v);
+        }
+    }
+}
+
+/// Label values escape `\`, `"` and newlines.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), "x\\ny");
+        let mut e = Exposition::default();
+        e.sample("m", &[("id", "q\"")], 1.5);
+        e.sample("n", &[], 2);
+        assert_eq!(e.0, "m{id=\"q\\\"\"} 1.5\nn 2\n");
+    }
+}
