@@ -232,6 +232,9 @@ async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
         log_directory: log_dir.clone(),
         force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
     };
+    // Handlers go in before the first child is spawned: a SIGTERM that arrives while
+    // processes start must shut them down, not kill the manager and orphan them.
+    let signals = Signals::install()?;
     let manager = ProcessManager::start(cfg.processes, options, journal.clone()).await?;
     let state = ApiState {
         manager: manager.clone(),
@@ -251,7 +254,9 @@ async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
         }
     };
 
-    let reason = wait_for_shutdown(&manager, &cfg.source, args.run_duration).await?;
+    let reason = signals
+        .wait_for_shutdown(&manager, &cfg.source, args.run_duration)
+        .await;
     tracing::info!("shutting down: {reason}");
     manager.shutdown(&reason).await;
     server.stop().await;
@@ -280,40 +285,56 @@ fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     Ok(Some(token.to_owned()))
 }
 
-/// Resolves with the reason once the manager should stop; reloads the config on SIGHUP.
-async fn wait_for_shutdown(
-    manager: &ProcessManager,
-    config_path: &Path,
-    run_duration: Option<f64>,
-) -> anyhow::Result<String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let limit = async {
-        match run_duration {
-            Some(secs) if secs.is_finite() && secs >= 0.0 => {
-                tokio::time::sleep(Duration::from_secs_f64(secs)).await
+/// The signals the manager handles: SIGTERM and SIGINT stop it, SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves with the reason once the manager should stop; reloads the config on
+    /// SIGHUP.
+    async fn wait_for_shutdown(
+        mut self,
+        manager: &ProcessManager,
+        config_path: &Path,
+        run_duration: Option<f64>,
+    ) -> String {
+        let limit = async {
+            match run_duration {
+                Some(secs) if secs.is_finite() && secs >= 0.0 => {
+                    tokio::time::sleep(Duration::from_secs_f64(secs)).await
+                }
+                _ => std::future::pending().await,
             }
-            _ => std::future::pending().await,
-        }
-    };
-    tokio::pin!(limit);
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok("SIGTERM".into()),
-            _ = int.recv() => return Ok("SIGINT".into()),
-            () = &mut limit => return Ok("--run-duration elapsed".into()),
-            reason = manager.shutdown_requested() => return Ok(reason),
-            _ = hup.recv() => match manager.reload_from_file(config_path).await {
-                Ok(diff) => tracing::info!(
-                    "SIGHUP: config reloaded (added {:?}, removed {:?}, changed {:?})",
-                    diff.added, diff.removed, diff.changed
-                ),
-                Err(problems) => tracing::error!(
-                    "SIGHUP: config not reloaded, the old one keeps running:\n{problems}"
-                ),
-            },
+        };
+        tokio::pin!(limit);
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM".into(),
+                _ = self.int.recv() => return "SIGINT".into(),
+                () = &mut limit => return "--run-duration elapsed".into(),
+                reason = manager.shutdown_requested() => return reason,
+                _ = self.hup.recv() => match manager.reload_from_file(config_path).await {
+                    Ok(diff) => tracing::info!(
+                        "SIGHUP: config reloaded (added {:?}, removed {:?}, changed {:?})",
+                        diff.added, diff.removed, diff.changed
+                    ),
+                    Err(problems) => tracing::error!(
+                        "SIGHUP: config not reloaded, the old one keeps running:\n{problems}"
+                    ),
+                },
+            }
         }
     }
 }

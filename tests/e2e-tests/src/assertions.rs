@@ -11,7 +11,16 @@ use std::time::{Duration, Instant};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `f` until it returns `Some` or `timeout` passes (checked once more at the end).
-pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(POLL_INTERVAL, timeout, f)
+}
+
+/// [`poll_until`] with a chosen interval, for tests that must catch a short moment.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -21,7 +30,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         if now >= deadline {
             return None;
         }
-        std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+        std::thread::sleep(interval.min(deadline - now));
     }
 }
 
@@ -153,6 +162,19 @@ pub fn kill_tagged(tag_prefix: &str) -> Vec<u32> {
     killed.sort_unstable();
     killed.dedup();
     killed
+}
+
+/// Kills every process tagged with its prefix when dropped: for tests that run the
+/// manager without a [`crate::ProcessManager`] around it.
+pub struct TagGuard(pub String);
+
+impl Drop for TagGuard {
+    fn drop(&mut self) {
+        let killed = kill_tagged(&self.0);
+        if !killed.is_empty() {
+            eprintln!("killed processes left behind by the test: {killed:?}");
+        }
+    }
 }
 
 /// Reads a `"<pid>\n"` PID file; `None` while it is absent or incomplete.

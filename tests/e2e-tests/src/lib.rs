@@ -20,9 +20,9 @@
 //! The harness never synchronises by sleeping: it polls a condition with a generous
 //! deadline. It must never leave a process running after a test, pass or fail.
 //!
-//! The binaries are located next to the test binary (`target/<profile>/`) and built once
-//! per test process with `cargo build -p hsu-process-manager -p testexe` when missing
-//! ([`test_executor::binaries`]).
+//! The binaries are located next to the test binary (`target/<profile>/`) and brought up
+//! to date once per test process with `cargo build -p hsu-process-manager -p testexe`
+//! ([`test_executor::binaries`]; `HSU_E2E_SKIP_BUILD=1` uses them as they are).
 
 pub mod assertions;
 pub mod log_parser;
@@ -31,8 +31,8 @@ pub mod scenarios;
 pub mod test_executor;
 
 pub use assertions::{
-    assert_all_alive, assert_all_gone, pid_alive, poll_until, proc_stat, process_tag,
-    tagged_processes, unix_ms_now, wait_for, wait_for_pid_file, wait_until,
+    assert_all_alive, assert_all_gone, pid_alive, poll_every, poll_until, proc_stat, process_tag,
+    tagged_processes, unix_ms_now, wait_for, wait_for_pid_file, wait_until, TagGuard,
 };
 pub use log_parser::{
     first_after, parse_problem, scheduled_restarts, Event, Problem, ScheduledRestart,

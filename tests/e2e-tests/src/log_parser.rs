@@ -231,11 +231,11 @@ pub fn scheduled_restarts(events: &[Event], id: &str) -> Vec<ScheduledRestart> {
 }
 
 /// The first event after `seq` matching `pred`.
-pub fn first_after<'a>(
-    events: &'a [Event],
+pub fn first_after(
+    events: &[Event],
     seq: u64,
     mut pred: impl FnMut(&Event) -> bool,
-) -> Option<&'a Event> {
+) -> Option<&Event> {
     events.iter().find(|e| e.seq > seq && pred(e))
 }
 

@@ -12,7 +12,7 @@ use crate::assertions::{
 use crate::log_parser::{check_journal, read_journal, Event};
 use crate::test_executor::{binaries, TestRun};
 use std::fs::File;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,8 @@ pub struct ProcessManager {
     child: Option<Child>,
     exit: Option<ExitStatus>,
     started_at: Instant,
+    /// Whether [`ProcessManager::failure`] already described this run.
+    reported: bool,
 }
 
 impl ProcessManager {
@@ -56,6 +58,17 @@ impl ProcessManager {
             .env_remove("RUST_LOG")
             .env_remove("HSU_API")
             .env_remove("HSU_API_TOKEN");
+        // If the test process dies without dropping the wrapper (killed by a timeout, say),
+        // the manager gets SIGTERM and takes its processes down with it.
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
@@ -64,6 +77,7 @@ impl ProcessManager {
             child: Some(child),
             exit: None,
             started_at: Instant::now(),
+            reported: false,
         }
     }
 
@@ -151,7 +165,7 @@ impl ProcessManager {
     /// The PID the manager recorded in `pids/<id>.pid`, waiting for it to appear.
     pub fn wait_for_pid(&self, id: &str, timeout: Duration) -> u32 {
         let path = self.run.pid_file(id);
-        wait_until(&format!("{}", path.display()), timeout, || {
+        wait_until(&path.display().to_string(), timeout, || {
             crate::assertions::read_pid_file(&path)
         })
     }
@@ -203,10 +217,16 @@ impl ProcessManager {
     pub fn shutdown_cleanly(&mut self, timeout: Duration) -> Duration {
         let (status, took) = self.stop(timeout);
         if status.code() != Some(0) {
+            let hint = if status.signal() == Some(libc::SIGTERM) {
+                "\n(killed by the SIGTERM itself: the manager had no handler for it yet, \
+                 although the journal may show processes already started)"
+            } else {
+                ""
+            };
             panic!(
                 "{}",
                 self.failure(&format!(
-                    "the manager exited with {} after SIGTERM, expected code 0",
+                    "the manager exited with {} after SIGTERM, expected code 0{hint}",
                     describe_exit(status)
                 ))
             );
@@ -266,6 +286,7 @@ impl ProcessManager {
     /// A failure message with everything needed to understand it: the artifacts, the
     /// journal, the manager's output tail and what is still running.
     pub fn failure(&mut self, what: &str) -> String {
+        self.reported = true;
         let exit = self.poll_exit();
         let log = self.run.procman_log();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -299,7 +320,7 @@ impl ProcessManager {
 
 impl Drop for ProcessManager {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.reported {
             eprintln!("{}", self.failure("the test failed"));
         }
         self.kill_everything();

@@ -47,13 +47,15 @@ pub fn target_dir() -> PathBuf {
     profile.parent().map(Path::to_path_buf).unwrap_or(profile)
 }
 
-/// The binaries under test, built once per test process when either is missing.
+/// The binaries under test, brought up to date once per test process.
 ///
-/// Built with `cargo build -p hsu-process-manager -p testexe` (`$CARGO`, else `cargo`)
-/// into the same target directory and profile as the test binary. Cargo releases its
-/// build lock before it runs test binaries, so this nested build does not deadlock
-/// under `cargo test`. Set `HSU_E2E_REBUILD=1` to build even when both exist (e.g.
-/// when running a test binary directly after changing the manager).
+/// Runs `cargo build -p hsu-process-manager -p testexe` (`$CARGO`, else `cargo`) into
+/// the same target directory and profile as the test binary: a no-op when they are
+/// fresh, and it keeps `cargo test -p e2e-tests` from silently testing a stale manager
+/// (cargo does not rebuild another package's binaries for this one's tests). Cargo
+/// releases its build lock before it runs test binaries, so this nested build does not
+/// deadlock under `cargo test`. With `HSU_E2E_SKIP_BUILD=1` the binaries found next to
+/// the test binary are used as they are (they are still built when missing).
 pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
@@ -62,8 +64,8 @@ pub fn binaries() -> &'static Binaries {
             manager: dir.join("hsu-process-manager"),
             testexe: dir.join("testexe"),
         };
-        let rebuild = std::env::var_os("HSU_E2E_REBUILD").is_some_and(|v| v != "0");
-        if rebuild || !bins.manager.is_file() || !bins.testexe.is_file() {
+        let skip = std::env::var_os("HSU_E2E_SKIP_BUILD").is_some_and(|v| v != "0");
+        if !skip || !bins.manager.is_file() || !bins.testexe.is_file() {
             build_binaries(&dir);
         }
         for bin in [&bins.manager, &bins.testexe] {
@@ -80,8 +82,14 @@ pub fn binaries() -> &'static Binaries {
 fn build_binaries(profile_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "-p", "hsu-process-manager", "-p", "testexe"]);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "hsu-process-manager",
+        "-p",
+        "testexe",
+    ]);
     if let Some(target) = profile_dir.parent() {
         cmd.arg("--target-dir").arg(target);
     }
@@ -94,11 +102,16 @@ fn build_binaries(profile_dir: &Path) {
             cmd.args(["--profile", profile]);
         }
     }
-    eprintln!("e2e: building the binaries under test: {cmd:?}");
-    let status = cmd
-        .status()
+    let out = cmd
+        .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
+    assert!(
+        out.status.success(),
+        "building the binaries under test failed: {cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Quotes `s` as a YAML double-quoted scalar (a JSON string is one).
