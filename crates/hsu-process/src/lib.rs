@@ -281,3 +281,99 @@ fn merge(into: &mut Vec<u32>, more: &[u32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn spec(program: &str, args: &[&str], tag: &str) -> SpawnSpec {
+        SpawnSpec {
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            working_directory: std::env::temp_dir(),
+            environment: BTreeMap::new(),
+            stdout: None,
+            stderr: None,
+            tag: tag.into(),
+        }
+    }
+
+    /// Polls `cond` every 10 ms until it holds or `limit` passes.
+    fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    #[tokio::test]
+    async fn missing_executable_is_not_found() {
+        let err = spawn(spec("/nonexistent/hsu-test-binary", &[], "t#missing")).unwrap_err();
+        assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn exit_code_comes_from_the_kernel() {
+        let mut child = spawn(spec("sh", &["-c", "exit 7"], "t#exit")).unwrap();
+        let exit = child.wait().await.unwrap();
+        assert_eq!(
+            exit,
+            ExitInfo {
+                code: Some(7),
+                signal: None
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn graceful_stop_takes_the_whole_group() {
+        let mut child = spawn(spec(
+            "sh",
+            &["-c", "sleep 100 & sleep 100 & wait"],
+            "t#group",
+        ))
+        .unwrap();
+        assert!(eventually(Duration::from_secs(10), || child.tree().len() == 3));
+        let members = child.tree();
+        let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!t.forced);
+        assert!(t.survivors.is_empty());
+        assert!(members.iter().all(|&p| !is_alive(p)), "{members:?}");
+    }
+
+    #[tokio::test]
+    async fn escaped_orphans_are_found_by_tag_and_killed() {
+        become_subreaper().unwrap();
+        // The shell starts a detached, TERM-ignoring grandchild in its own session and
+        // exits: the grandchild is re-parented to this (subreaper) process.
+        let mut child = spawn(spec(
+            "sh",
+            &["-c", "setsid sh -c 'trap \"\" TERM; sleep 100' & exit 0"],
+            "t#escaped",
+        ))
+        .unwrap();
+        child.wait().await.unwrap();
+        let mut escaped = Vec::new();
+        assert!(eventually(Duration::from_secs(10), || {
+            escaped = child.tree();
+            escaped.len() >= 2
+        }));
+        let started = Instant::now();
+        let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(t.forced, "the orphan ignores SIGTERM");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(escaped.iter().all(|&p| !is_alive(p)), "{escaped:?}");
+        // Another tree's tag does not match.
+        assert!(child.tree().is_empty());
+        reap_orphans();
+    }
+}

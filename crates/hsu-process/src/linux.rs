@@ -10,7 +10,8 @@ use process_wrap::tokio::{CommandWrap, ProcessGroup, ResetSigmask};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// PIDs spawned by this manager and not yet reaped by the runtime. The orphan reaper
 /// skips them; spawning and scanning both hold the lock so a child that dies before its
@@ -143,8 +144,46 @@ pub fn is_superuser() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Set once the manager is a child subreaper: orphans of its trees then come to it, and
+/// a tree can be found by walking children from its roots instead of scanning `/proc`.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
 pub fn become_subreaper() -> std::io::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)?;
+    SUBREAPER.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the kernel lists each task's children (`/proc/<pid>/task/<tid>/children`).
+fn children_files() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let me = std::process::id();
+        std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// The direct children of `pid` (of every one of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn is_zombie(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
 pub fn self_usage() -> Option<crate::SelfUsage> {
@@ -190,6 +229,42 @@ fn has_tag(pid: u32, tag: &str) -> bool {
 }
 
 pub fn tree(root: u32, tag: &str) -> Vec<u32> {
+    if SUBREAPER.load(Ordering::Relaxed) && children_files() {
+        tree_by_children(root, tag)
+    } else {
+        tree_by_scan(root, tag)
+    }
+}
+
+/// Walks children from the roots: the main process, and orphans of this tree that were
+/// handed to the manager. Costs what the tree costs, not what the whole system does.
+fn tree_by_children(root: u32, tag: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let spawned_now: HashSet<u32> = spawned().clone().unwrap_or_default();
+    let mut stack = vec![root];
+    stack.extend(
+        children(me)
+            .into_iter()
+            .filter(|p| !spawned_now.contains(p) && has_tag(*p, tag)),
+    );
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if pid == me || !seen.insert(pid) {
+            continue;
+        }
+        if is_alive(pid) {
+            out.push(pid);
+        }
+        stack.extend(children(pid));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// The whole process table, for when orphans may have gone to init (no subreaper): the
+/// main process, its group, tagged orphans of the manager, and all their descendants.
+fn tree_by_scan(root: u32, tag: &str) -> Vec<u32> {
     let me = std::process::id();
     let rows = table();
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -225,14 +300,23 @@ pub fn reap_orphans() -> usize {
     let me = std::process::id();
     // Hold the registry for the whole scan: see SPAWNED.
     let registry = spawned();
+    let zombies: Vec<u32> = if children_files() {
+        children(me).into_iter().filter(|&p| is_zombie(p)).collect()
+    } else {
+        table()
+            .into_iter()
+            .filter(|r| r.ppid == me && r.zombie)
+            .map(|r| r.pid)
+            .collect()
+    };
     let mut reaped = 0;
-    for row in table() {
-        let ours = registry.as_ref().is_some_and(|s| s.contains(&row.pid));
-        if row.ppid == me && row.zombie && !ours {
-            if let Ok(pid) = i32::try_from(row.pid) {
-                if waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok() {
-                    reaped += 1;
-                }
+    for pid in zombies {
+        if registry.as_ref().is_some_and(|s| s.contains(&pid)) {
+            continue;
+        }
+        if let Ok(pid) = i32::try_from(pid) {
+            if waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok() {
+                reaped += 1;
             }
         }
     }
