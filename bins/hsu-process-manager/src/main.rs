@@ -129,6 +129,21 @@ fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The API's own rules are checked before anything is locked, written or started.
+    let token = match api_token(cfg.manager.api_token_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if !cfg.manager.bind.is_loopback() && token.is_none() {
+        eprintln!(
+            "error: binding the control API to {} requires an API token (process_manager.api_token_file or HSU_API_TOKEN); nothing started",
+            cfg.manager.bind
+        );
+        return ExitCode::from(2);
+    }
     init_logging(args.debug, cfg.manager.log_level.as_str());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -141,7 +156,7 @@ fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cfg, args)) {
+    match runtime.block_on(serve(cfg, args, token)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -178,7 +193,7 @@ fn default_base_dir() -> PathBuf {
     state.join("hsu-process-manager")
 }
 
-async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
+async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Result<()> {
     let base = args
         .base_dir
         .clone()
@@ -194,12 +209,30 @@ async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
     } else {
         base.join(&cfg.log_collection.directory)
     };
-    if let Some(port) = args.port {
-        tracing::debug!(
-            port,
-            "control API port set; the API is not served by this version"
-        );
-    }
+    let listen = ListenSettings {
+        bind: cfg.manager.bind,
+        port: args.port.unwrap_or(cfg.manager.port),
+        socket_path: base.join("api.sock"),
+        addr_file: base.join("api.addr"),
+    };
+    let options = ManagerOptions {
+        base_directory: base.clone(),
+        log_directory: log_dir.clone(),
+        force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
+    };
+    let manager = ProcessManager::new(options, journal.clone())?;
+    let state = ApiState {
+        manager: manager.clone(),
+        journal: journal.clone(),
+        config_path: cfg.source.clone(),
+        base_dir: base.clone(),
+        log_dir,
+        token: token.map(Into::into),
+        metrics: Arc::new(ApiMetrics::default()),
+        started_at: std::time::SystemTime::now(),
+    };
+    // Listeners first: a port in use fails the start before any process runs.
+    let server = hsu_api::server::start(state, listen).await?;
     tracing::info!(
         config = %cfg.source.display(),
         base = %base.display(),
@@ -214,45 +247,10 @@ async fn serve(cfg: Config, args: RunArgs) -> anyhow::Result<()> {
             config: cfg.source.display().to_string(),
         },
     );
-    let token = api_token(cfg.manager.api_token_file.as_deref())?;
-    let listen = ListenSettings {
-        bind: cfg.manager.bind,
-        port: args.port.unwrap_or(cfg.manager.port),
-        socket_path: base.join("api.sock"),
-        addr_file: base.join("api.addr"),
-    };
-    if !listen.bind.is_loopback() && token.is_none() {
-        anyhow::bail!(
-            "binding the control API to {} requires an API token (process_manager.api_token_file or HSU_API_TOKEN)",
-            listen.bind
-        );
-    }
-    let options = ManagerOptions {
-        base_directory: base.clone(),
-        log_directory: log_dir.clone(),
-        force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
-    };
     // Handlers go in before the first child is spawned: a SIGTERM that arrives while
     // processes start must shut them down, not kill the manager and orphan them.
     let signals = Signals::install()?;
-    let manager = ProcessManager::start(cfg.processes, options, journal.clone()).await?;
-    let state = ApiState {
-        manager: manager.clone(),
-        journal: journal.clone(),
-        config_path: cfg.source.clone(),
-        base_dir: base.clone(),
-        log_dir,
-        token: token.map(Into::into),
-        metrics: Arc::new(ApiMetrics::default()),
-        started_at: std::time::SystemTime::now(),
-    };
-    let server = match hsu_api::server::start(state, listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            manager.shutdown("control API failed to start").await;
-            return Err(e.into());
-        }
-    };
+    manager.launch(cfg.processes).await;
 
     let reason = signals
         .wait_for_shutdown(&manager, &cfg.source, args.run_duration)

@@ -193,7 +193,7 @@ impl GrpcApi {
             .status(id)
             .ok_or_else(|| control_status(ControlError::NotFound(id.to_owned())))?;
         let def = manager.definition(id);
-        Ok(model::Process::from_status(&status, def.as_ref()).into())
+        Ok(model::Process::from_status(&status, def.as_deref()).into())
     }
 
     fn accepted(&self, id: String, action: &str) -> Result<Response<pb::ActionResponse>, Status> {
@@ -227,9 +227,9 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
     ) -> Result<Response<pb::ListResponse>, Status> {
         let manager = &self.state.manager;
         let processes = manager
-            .statuses()
+            .overview()
             .iter()
-            .map(|s| model::Process::from_status(s, manager.definition(&s.id).as_ref()).into())
+            .map(|(s, def)| model::Process::from_status(s, Some(def)).into())
             .collect();
         Ok(Response::new(pb::ListResponse { processes }))
     }

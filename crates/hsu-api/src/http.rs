@@ -320,7 +320,7 @@ impl HttpState {
             .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
         Ok(Process::from_status(
             &status,
-            manager.definition(id).as_ref(),
+            manager.definition(id).as_deref(),
         ))
     }
 }
@@ -334,9 +334,9 @@ pub(crate) async fn list_processes(State(s): State<HttpState>) -> Json<Vec<Proce
     let manager = &s.api.manager;
     Json(
         manager
-            .statuses()
+            .overview()
             .iter()
-            .map(|st| Process::from_status(st, manager.definition(&st.id).as_ref()))
+            .map(|(st, def)| Process::from_status(st, Some(def)))
             .collect(),
     )
 }
@@ -395,7 +395,7 @@ async fn control(
         .manager
         .status(&id)
         .ok_or_else(|| ControlError::NotFound(id.clone()))?;
-    let process = Process::from_status(&status, s.api.manager.definition(&id).as_ref());
+    let process = Process::from_status(&status, s.api.manager.definition(&id).as_deref());
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {

@@ -28,9 +28,9 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 pub(crate) fn render(api: &ApiState) -> String {
     let manager = &api.manager;
     let processes: Vec<Process> = manager
-        .statuses()
+        .overview()
         .iter()
-        .map(|s| Process::from_status(s, manager.definition(&s.id).as_ref()))
+        .map(|(s, def)| Process::from_status(s, Some(def)))
         .collect();
     let mut out = Exposition::default();
 

@@ -30,7 +30,8 @@ enum Supervision {
 }
 
 struct Entry {
-    def: ProcessDefinition,
+    /// Shared, so status readers get it without copying.
+    def: Arc<ProcessDefinition>,
     supervision: Supervision,
 }
 
@@ -78,6 +79,18 @@ impl ProcessManager {
         options: ManagerOptions,
         events: Arc<dyn EventSink>,
     ) -> Result<ProcessManager, ManagerError> {
+        let manager = ProcessManager::new(options, events)?;
+        manager.launch(definitions).await;
+        Ok(manager)
+    }
+
+    /// A manager with no processes yet: the files it needs are ready and it is the
+    /// subreaper. [`Self::launch`] gives it its processes (so a caller can first set up
+    /// what may fail, such as the API's listeners, without starting anything).
+    pub fn new(
+        options: ManagerOptions,
+        events: Arc<dyn EventSink>,
+    ) -> Result<ProcessManager, ManagerError> {
         let pid_dir = options.base_directory.join("pids");
         let files_err = |path: &PathBuf| {
             let path = path.clone();
@@ -95,7 +108,7 @@ impl ProcessManager {
             log_dir: options.log_directory.clone(),
             tag_prefix: options.base_directory.display().to_string(),
         });
-        let manager = ProcessManager {
+        Ok(ProcessManager {
             inner: Arc::new(Inner {
                 entries: Mutex::new(Vec::new()),
                 ctx,
@@ -105,12 +118,16 @@ impl ProcessManager {
                 shutdown_requested: watch::channel(None).0,
                 reconfigure: tokio::sync::Mutex::new(false),
             }),
-        };
+        })
+    }
+
+    /// Takes on `definitions` and starts every enabled managed one.
+    pub async fn launch(&self, definitions: Vec<ProcessDefinition>) {
         let mut to_start = Vec::new();
         {
-            let mut entries = manager.entries();
+            let mut entries = self.entries();
             for def in definitions {
-                let entry = manager.supervise(def);
+                let entry = self.supervise(def);
                 if let Supervision::Managed(h) = &entry.supervision {
                     to_start.push(h.clone());
                 }
@@ -122,7 +139,6 @@ impl ProcessManager {
                 tracing::error!(id = handle.id(), "start failed: {e}");
             }
         }
-        Ok(manager)
     }
 
     fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -143,7 +159,10 @@ impl ProcessManager {
                 "unmanaged: observed only; discovery is not available in this version",
             )),
         };
-        Entry { def, supervision }
+        Entry {
+            def: Arc::new(def),
+            supervision,
+        }
     }
 
     pub fn options(&self) -> &ManagerOptions {
@@ -167,8 +186,16 @@ impl ProcessManager {
             .map(status_of)
     }
 
+    /// Every process's status with its definition, in config order, read at once.
+    pub fn overview(&self) -> Vec<(ProcessStatus, Arc<ProcessDefinition>)> {
+        self.entries()
+            .iter()
+            .map(|e| (status_of(e), e.def.clone()))
+            .collect()
+    }
+
     /// The definition of a process, as loaded.
-    pub fn definition(&self, id: &str) -> Option<ProcessDefinition> {
+    pub fn definition(&self, id: &str) -> Option<Arc<ProcessDefinition>> {
         self.entries()
             .iter()
             .find(|e| e.def.id == id)
@@ -196,7 +223,7 @@ impl ProcessManager {
             Supervision::Idle(_) => match (&entry.def.control, create) {
                 (Some(control), true) => {
                     let h = ProcessHandle::spawn(
-                        entry.def.clone(),
+                        (*entry.def).clone(),
                         control.clone(),
                         self.inner.ctx.clone(),
                     );
@@ -247,7 +274,7 @@ impl ProcessManager {
             let mut old: Vec<Entry> = std::mem::take(&mut *entries);
             for def in definitions {
                 match old.iter().position(|e| e.def.id == def.id) {
-                    Some(i) if old[i].def == def => {
+                    Some(i) if *old[i].def == def => {
                         diff.unchanged.push(def.id.clone());
                         entries.push(old.remove(i));
                     }

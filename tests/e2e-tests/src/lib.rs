@@ -20,16 +20,29 @@
 //! The harness never synchronises by sleeping: it polls a condition with a generous
 //! deadline. It must never leave a process running after a test, pass or fail.
 //!
+//! # The control API and the CLI
+//!
+//! [`ProcessManager::api`] (TCP, from `<base>/api.addr`), [`ProcessManager::api_unix`]
+//! (`<base>/api.sock`) and [`grpc_channel`] reach a running manager's API; [`Api`] wraps
+//! the typed `hsu_api::ApiClient` with blocking calls on one shared runtime
+//! ([`block_on`]). [`run_cli`] and [`ProcessManager::cli`] run the CLI client commands
+//! and capture their exit status, stdout and stderr. Every config uses `port: 0`.
+//!
 //! The binaries are located next to the test binary (`target/<profile>/`) and brought up
 //! to date once per test process with `cargo build -p hsu-process-manager -p testexe`
 //! ([`test_executor::binaries`]; `HSU_E2E_SKIP_BUILD=1` uses them as they are).
 
+pub mod api;
 pub mod assertions;
 pub mod log_parser;
 pub mod process_manager;
 pub mod scenarios;
 pub mod test_executor;
 
+pub use api::{
+    block_on, cmdline, expect_error, expect_json, grpc_channel, run_cli, runtime, tree_of, Api,
+    CliOutput, EventFollower,
+};
 pub use assertions::{
     assert_all_alive, assert_all_gone, pid_alive, poll_every, poll_until, proc_stat, process_tag,
     tagged_processes, unix_ms_now, wait_for, wait_for_pid_file, wait_until, TagGuard,
@@ -38,4 +51,7 @@ pub use log_parser::{
     first_after, parse_problem, scheduled_restarts, Event, Problem, ScheduledRestart,
 };
 pub use process_manager::{describe_exit, run_manager_command, ProcessManager, SHORT};
-pub use test_executor::{binaries, single_process_config, yaml_list, yaml_str, TestRun};
+pub use test_executor::{
+    binaries, processes_config, single_process_config, testexe_process, yaml_list, yaml_str,
+    TestRun, CONFIG_HEADER,
+};

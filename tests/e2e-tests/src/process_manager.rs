@@ -39,6 +39,17 @@ impl ProcessManager {
     /// Like [`ProcessManager::start`], in an existing run directory and with `extra`
     /// arguments appended to the command line.
     pub fn start_with_args(run: TestRun, config_template: &str, extra: &[&str]) -> ProcessManager {
+        Self::start_with_env(run, config_template, extra, &[])
+    }
+
+    /// Like [`ProcessManager::start_with_args`], with `env` added to the manager's
+    /// environment (e.g. `HSU_API_TOKEN`).
+    pub fn start_with_env(
+        run: TestRun,
+        config_template: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ProcessManager {
         let bins = binaries();
         run.write_config(config_template);
         let log = File::create(&run.log_path)
@@ -57,7 +68,8 @@ impl ProcessManager {
             // The manager's own log level is the config's business, not the environment's.
             .env_remove("RUST_LOG")
             .env_remove("HSU_API")
-            .env_remove("HSU_API_TOKEN");
+            .env_remove("HSU_API_TOKEN")
+            .envs(env.iter().copied());
         // If the test process dies without dropping the wrapper (killed by a timeout, say),
         // the manager gets SIGTERM and takes its processes down with it.
         // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.

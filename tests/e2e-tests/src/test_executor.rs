@@ -177,6 +177,15 @@ impl TestRun {
         text
     }
 
+    /// Writes `<dir>/<name>` from `template`, expanded as [`TestRun::write_config`] does
+    /// (e.g. a second config for a client to read). Returns its path.
+    pub fn write_file(&self, name: &str, template: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, expand(template, self))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
+    }
+
     /// The tag prefix every process of this run carries in `HSU_PROCESS_TAG`
     /// (`<base-dir>#`).
     pub fn tag_prefix(&self) -> String {
@@ -218,21 +227,39 @@ fn expand(template: &str, run: &TestRun) -> String {
         .replace("{run_dir}", &yaml_str(run.dir.display().to_string()))
 }
 
+/// The top of every generated config: the API on a free port (`port: 0`, so tests run in
+/// parallel), up to `managed_processes:`.
+pub const CONFIG_HEADER: &str =
+    "process_manager:\n  port: 0\n  force_shutdown_timeout: 20s\nmanaged_processes:\n";
+
 /// A minimal canonical-form config (SPEC §4.1) with one `standard_managed` process
 /// running testexe with `args`; `control_extra` is added to `management.control`, each
 /// line indented by 8 spaces in the output (pass lines without indentation).
 pub fn single_process_config(id: &str, args: &[&str], control_extra: &str) -> String {
+    format!(
+        "{CONFIG_HEADER}{}",
+        testexe_process(id, args, control_extra)
+    )
+}
+
+/// One `managed_processes` entry: a `standard_managed` testexe with `args`, and
+/// `control_extra` lines added to `management.control` (see [`single_process_config`]).
+pub fn testexe_process(id: &str, args: &[&str], control_extra: &str) -> String {
     let extra: String = control_extra
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| format!("        {l}\n"))
         .collect();
     format!(
-        "process_manager:\n  port: 0\n  force_shutdown_timeout: 20s\n\
-         managed_processes:\n  - id: {id}\n    type: standard_managed\n    management:\n      \
+        "  - id: {id}\n    type: standard_managed\n    management:\n      \
          control:\n        executable: {{testexe}}\n        arguments: {args}\n{extra}",
         args = yaml_list(args),
     )
+}
+
+/// A config of [`CONFIG_HEADER`] and `entries` (e.g. from [`testexe_process`]).
+pub fn processes_config(entries: &[String]) -> String {
+    format!("{CONFIG_HEADER}{}", entries.concat())
 }
 
 #[cfg(test)]
