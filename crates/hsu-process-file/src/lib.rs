@@ -1,5 +1,5 @@
-//! Files under the manager's base directory: the event journal, PID files and the
-//! manager lock.
+//! Files under the manager's base directory: the event journal, PID files, the durable
+//! state file and the manager lock.
 //!
 //! Everything here is plain file I/O with no knowledge of processes beyond their ids and
 //! PIDs. Writes that others read while we run (PID files) are atomic (write, then rename),
@@ -9,10 +9,12 @@
 mod journal;
 mod lock;
 mod pid_file;
+mod state_file;
 
 pub use journal::{Journal, JournalError};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
+pub use state_file::StateFile;
 
 /// Writes `contents` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 use crate::process_control_impl::{Context, ProcessHandle};
 use hsu_common::{EventKind, EventSink};
 use hsu_managed_process::{ControlError, ProcessControl, ProcessDefinition, ProcessStatus};
-use hsu_process_file::PidFiles;
+use hsu_process_file::{PidFiles, StateFile};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +43,8 @@ struct Inner {
     reaper: tokio::task::JoinHandle<()>,
     /// Set once someone (a signal, the API) asks the manager to shut down.
     shutdown_requested: watch::Sender<Option<String>>,
+    /// `state.json`: which processes were stopped by hand.
+    durable: StateFile,
     /// Serialises reloads and the shutdown so they never interleave.
     reconfigure: tokio::sync::Mutex<bool>,
 }
@@ -108,6 +110,7 @@ impl ProcessManager {
             log_dir: options.log_directory.clone(),
             tag_prefix: options.base_directory.display().to_string(),
         });
+        let durable = StateFile::open(&options.base_directory.join("state.json"));
         Ok(ProcessManager {
             inner: Arc::new(Inner {
                 entries: Mutex::new(Vec::new()),
@@ -116,6 +119,7 @@ impl ProcessManager {
                 events,
                 reaper: tokio::spawn(reap_orphans_forever()),
                 shutdown_requested: watch::channel(None).0,
+                durable,
                 reconfigure: tokio::sync::Mutex::new(false),
             }),
         })
@@ -128,8 +132,8 @@ impl ProcessManager {
             let mut entries = self.entries();
             for def in definitions {
                 let entry = self.supervise(def);
-                if let Supervision::Managed(h) = &entry.supervision {
-                    to_start.push(h.clone());
+                if let Some(h) = self.to_start(&entry) {
+                    to_start.push(h);
                 }
                 entries.push(entry);
             }
@@ -145,13 +149,38 @@ impl ProcessManager {
         self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether an operator stopped `id` by hand (kept in `state.json` across restarts).
+    fn held(&self, id: &str) -> bool {
+        self.inner.durable.stopped_by_hand(id)
+    }
+
+    fn remember_stopped_by_hand(&self, id: &str, stopped: bool) {
+        if let Err(e) = self.inner.durable.set_stopped_by_hand(id, stopped) {
+            tracing::warn!(id, "cannot record the desired state in state.json: {e}");
+        }
+    }
+
+    /// The supervisor to start for a new entry: managed, enabled, not stopped by hand.
+    fn to_start(&self, entry: &Entry) -> Option<ProcessHandle> {
+        match &entry.supervision {
+            Supervision::Managed(h) if !self.held(&entry.def.id) => Some(h.clone()),
+            _ => None,
+        }
+    }
+
     /// A supervisor for an enabled managed definition; an idle entry otherwise.
     fn supervise(&self, def: ProcessDefinition) -> Entry {
+        let reason = if self.held(&def.id) {
+            HELD
+        } else {
+            "not started"
+        };
         let supervision = match (&def.control, def.process_type.is_managed(), def.enabled) {
             (Some(control), true, true) => Supervision::Managed(ProcessHandle::spawn(
                 def.clone(),
                 control.clone(),
                 self.inner.ctx.clone(),
+                reason,
             )),
             (_, true, false) => Supervision::Idle(idle(&def, "disabled in the config")),
             _ => Supervision::Idle(idle(
@@ -226,6 +255,7 @@ impl ProcessManager {
                         (*entry.def).clone(),
                         control.clone(),
                         self.inner.ctx.clone(),
+                        "not started",
                     );
                     entry.supervision = Supervision::Managed(h.clone());
                     Ok(h)
@@ -240,7 +270,9 @@ impl ProcessManager {
 
     /// Starts a stopped or failed process (a start by hand also closes its breaker).
     pub async fn start_process(&self, id: &str) -> Result<(), ControlError> {
-        self.handle_for(id, true)?.start().await
+        self.handle_for(id, true)?.start().await?;
+        self.remember_stopped_by_hand(id, false);
+        Ok(())
     }
 
     /// Stops a process; resolves when nothing of its tree is left.
@@ -250,13 +282,19 @@ impl ProcessManager {
             Err(ControlError::Conflict { message, .. }) if message.starts_with("not running") => {
                 Ok(())
             }
-            other => other?.stop().await,
+            other => {
+                other?.stop().await?;
+                self.remember_stopped_by_hand(id, true);
+                Ok(())
+            }
         }
     }
 
     /// Stops (if running) and starts again; `force` ignores an open breaker.
     pub async fn restart_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
-        self.handle_for(id, true)?.restart(force).await
+        self.handle_for(id, true)?.restart(force).await?;
+        self.remember_stopped_by_hand(id, false);
+        Ok(())
     }
 
     /// Applies a new set of definitions: starts added ones, stops removed ones, restarts
@@ -282,16 +320,16 @@ impl ProcessManager {
                         diff.changed.push(def.id.clone());
                         retired.push(old.remove(i));
                         let entry = self.supervise(def);
-                        if let Supervision::Managed(h) = &entry.supervision {
-                            to_start.push(h.clone());
+                        if let Some(h) = self.to_start(&entry) {
+                            to_start.push(h);
                         }
                         entries.push(entry);
                     }
                     None => {
                         diff.added.push(def.id.clone());
                         let entry = self.supervise(def);
-                        if let Supervision::Managed(h) = &entry.supervision {
-                            to_start.push(h.clone());
+                        if let Some(h) = self.to_start(&entry) {
+                            to_start.push(h);
                         }
                         entries.push(entry);
                     }
@@ -409,6 +447,9 @@ async fn stop_all(entries: Vec<Entry>, deadline: Instant) {
     }
     while stops.join_next().await.is_some() {}
 }
+
+/// The reason shown for a process kept stopped because an operator stopped it.
+const HELD: &str = "stopped by hand; stays stopped until started by hand";
 
 fn idle(def: &ProcessDefinition, reason: &str) -> ProcessStatus {
     let mut s = ProcessStatus::new(&def.id, def.process_type);

@@ -56,13 +56,20 @@ pub struct ProcessHandle {
 }
 
 impl ProcessHandle {
-    /// Spawns the supervisor task for a managed process definition.
-    pub fn spawn(def: ProcessDefinition, control: ControlSpec, ctx: Arc<Context>) -> Self {
+    /// Spawns the supervisor task for a managed process definition; the process stays
+    /// `stopped` (for `reason`) until a start command.
+    pub fn spawn(
+        def: ProcessDefinition,
+        control: ControlSpec,
+        ctx: Arc<Context>,
+        reason: &str,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16);
-        let initial = ProcessStatus::new(&def.id, def.process_type);
+        let mut initial = ProcessStatus::new(&def.id, def.process_type);
+        initial.reason = reason.to_owned();
         let (status_tx, status_rx) = watch::channel(initial);
         let supervisor = Supervisor {
-            machine: StateMachine::new(&def.id),
+            machine: StateMachine::stopped_because(&def.id, reason),
             tracker: RestartTracker::new(control.restart_policy, control.restart.clone()),
             def,
             control,

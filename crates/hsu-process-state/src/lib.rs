@@ -68,6 +68,14 @@ impl StateMachine {
         }
     }
 
+    /// A new machine in `stopped`, saying why it is not running.
+    pub fn stopped_because(id: impl Into<String>, reason: impl Into<String>) -> Self {
+        StateMachine {
+            reason: reason.into(),
+            ..StateMachine::new(id)
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

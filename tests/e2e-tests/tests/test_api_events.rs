@@ -159,11 +159,8 @@ fn seq_continues_across_a_manager_restart() {
 }
 
 /// SPEC §5: "A process stopped by hand stays stopped — across restarts of the manager
-/// too." Ignored while the manager keeps no durable state: today the process stopped
-/// through the API is started again by the next manager on the same base directory
-/// (and no `state.json` is written).
+/// too." The mark lives in `state.json`; a start by hand clears it again.
 #[test]
-#[ignore = "durable state (state.json, SPEC §5/§6) is not implemented yet"]
 fn a_process_stopped_through_the_api_stays_stopped_across_a_manager_restart() {
     let run = TestRun::new("e2e-test-api-stopped-stays");
     let mut pm = ProcessManager::start_with_args(run.clone(), &forever(), &[]);
@@ -173,7 +170,7 @@ fn a_process_stopped_through_the_api_stays_stopped_across_a_manager_restart() {
     pm.shutdown_cleanly(STOP_TIMEOUT);
     drop(pm);
 
-    let mut pm = ProcessManager::start_with_args(run, &forever(), &[]);
+    let mut pm = ProcessManager::start_with_args(run.clone(), &forever(), &[]);
     let api = pm.api();
     let p = api.process("svc");
     assert_eq!(
@@ -181,5 +178,13 @@ fn a_process_stopped_through_the_api_stays_stopped_across_a_manager_restart() {
         "stopped by hand, then a manager restart: {p}"
     );
     assert_eq!(tree_of(&pm, "svc"), Vec::<u32>::new());
+    api.act("svc", "start");
+    api.wait_running("svc", SHORT);
+    pm.shutdown_cleanly(STOP_TIMEOUT);
+    drop(pm);
+
+    // Started by hand again: the next manager starts it as usual.
+    let mut pm = ProcessManager::start_with_args(run, &forever(), &[]);
+    pm.api().wait_running("svc", SHORT);
     pm.shutdown_cleanly(STOP_TIMEOUT);
 }
