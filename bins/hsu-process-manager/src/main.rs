@@ -219,6 +219,7 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
         base_directory: base.clone(),
         log_directory: log_dir.clone(),
         force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
+        resource_sample_interval: cfg.manager.resource_sample_interval,
     };
     let manager = ProcessManager::new(options, journal.clone())?;
     let state = ApiState {

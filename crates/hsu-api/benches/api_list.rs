@@ -123,6 +123,7 @@ fn run() -> Res<()> {
         base_directory: base.clone(),
         log_directory: base.join("logs"),
         force_shutdown_timeout: Duration::from_secs(30),
+        resource_sample_interval: Duration::from_secs(1),
     };
     eprintln!("starting {} processes...", processes());
     let began = Instant::now();
@@ -419,10 +420,7 @@ fn handler_steps(manager: &ProcessManager, report: &mut Report) -> Res<()> {
         let t3 = Instant::now();
         black_box(&body);
         if i >= WARMUP {
-            for (step, d) in steps
-                .iter_mut()
-                .zip([t1 - t0, t2 - t1, t3 - t2, t3 - t0])
-            {
+            for (step, d) in steps.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t3 - t0]) {
                 step.push(d);
             }
         }

@@ -614,6 +614,7 @@ impl From<model::Process> for pb::Process {
                 cpu_percent: r.cpu_percent,
                 fds: r.fds,
                 processes: r.processes,
+                cpu_seconds: r.cpu_seconds,
             }),
             limits_json: serde_json::to_string(&p.limits).unwrap_or_else(|_| "null".into()),
         }

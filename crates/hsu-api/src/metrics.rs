@@ -97,14 +97,12 @@ pub(crate) fn render(api: &ApiState) -> String {
         "Resident memory of the whole process tree, in bytes (sampled processes only).",
         |p| p.resources.as_ref().map(|r| r.rss_bytes as f64),
     );
-    // The API model carries no CPU time yet, only a percentage: the family is described
-    // so dashboards can be built, and filled in once resources carry CPU seconds.
     out.per_process(
         &processes,
         "hsu_process_cpu_seconds_total",
         "counter",
         "CPU time of the whole process tree, in seconds (sampled processes only).",
-        |_| None,
+        |p| p.resources.as_ref().map(|r| r.cpu_seconds),
     );
 
     let usage = hsu_process::self_usage();

@@ -26,7 +26,8 @@ pub struct Process {
     pub circuit: String,
     /// RFC 3339, while a restart (or a breaker trial) is scheduled.
     pub next_restart_at: Option<String>,
-    /// Usage of the whole process tree; null until resource sampling is available.
+    /// Usage of the whole process tree, sampled every `resource_sample_interval`; null
+    /// while it does not run (or before its first sample).
     pub resources: Option<Resources>,
     /// The configured limits, as in the config.
     #[schema(value_type = Object)]
@@ -52,9 +53,14 @@ pub struct Health {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Resources {
+    /// Resident memory of the whole tree.
     pub rss_bytes: u64,
+    /// Percent of one core over the last sample interval (200 = two cores).
     pub cpu_percent: f64,
+    /// CPU time of the tree's live members.
+    pub cpu_seconds: f64,
     pub fds: u64,
+    /// Members of the tree.
     pub processes: u64,
 }
 
@@ -133,7 +139,13 @@ impl Process {
             health,
             circuit: s.circuit.as_str().into(),
             next_restart_at: s.next_restart_at.map(rfc3339),
-            resources: None,
+            resources: s.resources.map(|r| Resources {
+                rss_bytes: r.rss_bytes,
+                cpu_percent: (r.cpu_percent * 10.0).round() / 10.0,
+                cpu_seconds: (r.cpu_seconds * 100.0).round() / 100.0,
+                fds: r.fds,
+                processes: r.processes,
+            }),
             limits,
         }
     }

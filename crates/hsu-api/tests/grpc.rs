@@ -71,6 +71,7 @@ impl Harness {
                 base_directory: base.clone(),
                 log_directory: log_dir.clone(),
                 force_shutdown_timeout: Duration::from_secs(10),
+                resource_sample_interval: Duration::from_secs(1),
             },
             journal.clone(),
         )

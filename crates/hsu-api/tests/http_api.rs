@@ -101,6 +101,7 @@ impl Harness {
             base_directory: base.clone(),
             log_directory: log_dir.clone(),
             force_shutdown_timeout: Duration::from_secs(10),
+            resource_sample_interval: Duration::from_secs(1),
         };
         let manager = ProcessManager::start(defs, options, journal.clone())
             .await
@@ -590,6 +591,7 @@ async fn a_non_loopback_bind_needs_a_token() {
         base_directory: dir.path().to_path_buf(),
         log_directory: dir.path().join("logs"),
         force_shutdown_timeout: Duration::from_secs(5),
+        resource_sample_interval: Duration::from_secs(1),
     };
     let manager = ProcessManager::start(Vec::new(), options, journal.clone())
         .await

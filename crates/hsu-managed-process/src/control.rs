@@ -33,6 +33,18 @@ pub struct LastExit {
     pub at: SystemTime,
 }
 
+/// Usage of a process's whole tree, as last sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ResourceUsage {
+    pub rss_bytes: u64,
+    /// Percent of one core since the previous sample (200 = two cores).
+    pub cpu_percent: f64,
+    /// CPU time of the live members of the tree.
+    pub cpu_seconds: f64,
+    pub fds: u64,
+    pub processes: u64,
+}
+
 /// A point-in-time view of one process.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessStatus {
@@ -48,6 +60,8 @@ pub struct ProcessStatus {
     pub reason: String,
     pub circuit: Circuit,
     pub next_restart_at: Option<SystemTime>,
+    /// The last resource sample of its tree, while it runs.
+    pub resources: Option<ResourceUsage>,
 }
 
 impl ProcessStatus {
@@ -63,6 +77,7 @@ impl ProcessStatus {
             reason: "not started".into(),
             circuit: Circuit::Closed,
             next_restart_at: None,
+            resources: None,
         }
     }
 }

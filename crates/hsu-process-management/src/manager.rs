@@ -3,9 +3,12 @@
 
 use crate::process_control_impl::{Context, ProcessHandle};
 use hsu_common::{EventKind, EventSink};
-use hsu_managed_process::{ControlError, ProcessControl, ProcessDefinition, ProcessStatus};
+use hsu_managed_process::{
+    ControlError, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
+};
 use hsu_process_file::{PidFiles, StateFile};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -21,6 +24,8 @@ pub struct ManagerOptions {
     pub log_directory: PathBuf,
     /// Bound on the whole shutdown.
     pub force_shutdown_timeout: Duration,
+    /// How often each running process tree's resource usage is sampled.
+    pub resource_sample_interval: Duration,
 }
 
 enum Supervision {
@@ -45,6 +50,9 @@ struct Inner {
     shutdown_requested: watch::Sender<Option<String>>,
     /// `state.json`: which processes were stopped by hand.
     durable: StateFile,
+    /// The last resource sample of each running process's tree, by id.
+    usage: Mutex<HashMap<String, Sample>>,
+    sampler: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Serialises reloads and the shutdown so they never interleave.
     reconfigure: tokio::sync::Mutex<bool>,
 }
@@ -111,7 +119,7 @@ impl ProcessManager {
             tag_prefix: options.base_directory.display().to_string(),
         });
         let durable = StateFile::open(&options.base_directory.join("state.json"));
-        Ok(ProcessManager {
+        let manager = ProcessManager {
             inner: Arc::new(Inner {
                 entries: Mutex::new(Vec::new()),
                 ctx,
@@ -120,9 +128,14 @@ impl ProcessManager {
                 reaper: tokio::spawn(reap_orphans_forever()),
                 shutdown_requested: watch::channel(None).0,
                 durable,
+                usage: Mutex::new(HashMap::new()),
+                sampler: Mutex::new(None),
                 reconfigure: tokio::sync::Mutex::new(false),
             }),
-        })
+        };
+        let sampler = tokio::spawn(sample_forever(Arc::downgrade(&manager.inner)));
+        *lock(&manager.inner.sampler) = Some(sampler);
+        Ok(manager)
     }
 
     /// Takes on `definitions` and starts every enabled managed one.
@@ -146,7 +159,7 @@ impl ProcessManager {
     }
 
     fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
-        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner.entries)
     }
 
     /// Whether an operator stopped `id` by hand (kept in `state.json` across restarts).
@@ -205,21 +218,27 @@ impl ProcessManager {
 
     /// Every process's status, in config order.
     pub fn statuses(&self) -> Vec<ProcessStatus> {
-        self.entries().iter().map(status_of).collect()
+        let usage = lock(&self.inner.usage);
+        self.entries()
+            .iter()
+            .map(|e| with_usage(status_of(e), &usage))
+            .collect()
     }
 
     pub fn status(&self, id: &str) -> Option<ProcessStatus> {
+        let usage = lock(&self.inner.usage);
         self.entries()
             .iter()
             .find(|e| e.def.id == id)
-            .map(status_of)
+            .map(|e| with_usage(status_of(e), &usage))
     }
 
     /// Every process's status with its definition, in config order, read at once.
     pub fn overview(&self) -> Vec<(ProcessStatus, Arc<ProcessDefinition>)> {
+        let usage = lock(&self.inner.usage);
         self.entries()
             .iter()
-            .map(|e| (status_of(e), e.def.clone()))
+            .map(|e| (with_usage(status_of(e), &usage), e.def.clone()))
             .collect()
     }
 
@@ -417,6 +436,9 @@ impl ProcessManager {
         stop_all(entries, deadline).await;
         hsu_process::reap_orphans();
         self.inner.reaper.abort();
+        if let Some(sampler) = lock(&self.inner.sampler).take() {
+            sampler.abort();
+        }
         self.inner.events.emit(
             None,
             EventKind::ManagerStopped {
@@ -455,6 +477,91 @@ fn idle(def: &ProcessDefinition, reason: &str) -> ProcessStatus {
     let mut s = ProcessStatus::new(&def.id, def.process_type);
     s.reason = reason.into();
     s
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One tree's last sample, and the meter that turns CPU time into a percentage.
+struct Sample {
+    pid: u32,
+    meter: hsu_resource_limits::CpuMeter,
+    usage: ResourceUsage,
+}
+
+/// The status with the last sample of its tree, if that sample is of the current PID.
+fn with_usage(mut status: ProcessStatus, usage: &HashMap<String, Sample>) -> ProcessStatus {
+    status.resources = usage
+        .get(&status.id)
+        .filter(|s| Some(s.pid) == status.pid)
+        .map(|s| s.usage);
+    status
+}
+
+/// Samples every running tree each `resource_sample_interval`, until the manager is gone.
+/// The only polling loop of the manager: the kernel gives no event for usage.
+async fn sample_forever(inner: std::sync::Weak<Inner>) {
+    let interval = match inner.upgrade() {
+        Some(i) => i
+            .options
+            .resource_sample_interval
+            .max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let running: Vec<(String, u32, String)> = lock(&inner.entries)
+            .iter()
+            .filter_map(|e| match &e.supervision {
+                Supervision::Managed(h) => h
+                    .status()
+                    .pid
+                    .map(|pid| (e.def.id.clone(), pid, inner.ctx.tag(&e.def.id))),
+                Supervision::Idle(_) => None,
+            })
+            .collect();
+        // /proc reads block; keep them off the runtime's worker threads.
+        let samples = tokio::task::spawn_blocking(move || {
+            running
+                .into_iter()
+                .map(|(id, pid, tag)| {
+                    let usage = hsu_resource_limits::sample(&hsu_process::tree_of(pid, &tag));
+                    (id, pid, usage, std::time::Instant::now())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        tracing::trace!(trees = samples.len(), "resource sample");
+        let mut usage = lock(&inner.usage);
+        let mut fresh = HashMap::with_capacity(samples.len());
+        for (id, pid, tree, at) in samples {
+            let mut meter = match usage.remove(&id) {
+                Some(s) if s.pid == pid => s.meter,
+                _ => hsu_resource_limits::CpuMeter::default(),
+            };
+            let cpu_percent = meter.percent(at, tree.cpu_seconds).unwrap_or(0.0);
+            let sample = Sample {
+                pid,
+                meter,
+                usage: ResourceUsage {
+                    rss_bytes: tree.rss_bytes,
+                    cpu_percent,
+                    cpu_seconds: tree.cpu_seconds,
+                    fds: tree.fds,
+                    processes: tree.processes,
+                },
+            };
+            fresh.insert(id, sample);
+        }
+        *usage = fresh;
+    }
 }
 
 /// Orphans re-parented to the manager are reaped as the kernel reports child changes.

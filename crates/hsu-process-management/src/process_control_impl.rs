@@ -31,6 +31,13 @@ pub struct Context {
     pub tag_prefix: String,
 }
 
+impl Context {
+    /// The owner tag of process `id`'s tree (see `hsu_process::TAG_ENV`).
+    pub fn tag(&self, id: &str) -> String {
+        format!("{}#{id}", self.tag_prefix)
+    }
+}
+
 type Reply = oneshot::Sender<Result<(), ControlError>>;
 
 enum Command {
@@ -326,7 +333,7 @@ impl Supervisor {
             environment,
             stdout: self.open_log("stdout", self.def.log_collection.capture_stdout),
             stderr: self.open_log("stderr", self.def.log_collection.capture_stderr),
-            tag: format!("{}#{}", self.ctx.tag_prefix, self.id()),
+            tag: self.ctx.tag(self.id()),
         };
         let now = Instant::now();
         match hsu_process::spawn(spec) {
@@ -518,6 +525,7 @@ impl Supervisor {
             reason: self.machine.reason().to_owned(),
             circuit: self.tracker.circuit(),
             next_restart_at: self.next_restart_at,
+            resources: None,
         };
         self.status_tx.send_if_modified(|old| {
             let changed = *old != status;

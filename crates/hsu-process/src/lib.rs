@@ -97,8 +97,14 @@ impl Child {
     /// Every live process of this child's tree, the child itself included: its
     /// descendants, its process group, and orphans of it that carry its tag.
     pub fn tree(&self) -> Vec<u32> {
-        platform::tree(self.pid, &self.tag)
+        tree_of(self.pid, &self.tag)
     }
+}
+
+/// Every live process of the tree rooted at `root` whose members carry `tag` (see
+/// [`Child::tree`]); for observers that hold a PID, not the [`Child`].
+pub fn tree_of(root: u32, tag: &str) -> Vec<u32> {
+    platform::tree(root, tag)
 }
 
 /// Spawns `spec` as the leader of a new process group with a clean signal mask.
