@@ -23,7 +23,7 @@ const USAGE: &str = "usage: testexe [--run-duration SECS] [--exit-code N] [--cra
 [--ignore-sigterm] [--shutdown-delay SECS] [--spawn-children N] [--detach-children] \
 [--pid-file PATH] [--print-every MS] [--startup-delay SECS] [--memory-mb N] \
 [--memory-growth-mb-per-sec N] [--cpu-percent P] [--health-port P] [--fail-health-after SECS] \
-[--open-fds N] [--port N] [--grpc-port P]   (env HSU_PORT = --port)";
+[--open-fds N] [--port N]   (env HSU_PORT = --port)";
 
 /// Write a line to stderr, ignoring errors (the supervisor may have closed the pipe).
 macro_rules! log {
@@ -50,7 +50,6 @@ struct Args {
     fail_health_after: Option<Duration>,
     open_fds: u32,
     port: Option<u16>,
-    grpc_port: Option<u16>,
 }
 
 fn num<T: FromStr>(flag: &str, s: &str) -> Result<T, String> {
@@ -120,7 +119,6 @@ where
             "--fail-health-after" => a.fail_health_after = Some(secs(&flag, &value()?)?),
             "--open-fds" => a.open_fds = num(&flag, &value()?)?,
             "--port" => a.port = Some(num(&flag, &value()?)?),
-            "--grpc-port" => a.grpc_port = Some(num(&flag, &value()?)?),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -352,9 +350,6 @@ fn main() {
     }
     if let Some(port) = args.port {
         log!("port {port}");
-    }
-    if let Some(port) = args.grpc_port {
-        log!("--grpc-port {port} accepted, but gRPC is not implemented in testexe yet");
     }
 
     let _memory = resident_alloc(args.memory_mb).unwrap_or_else(|e| fail("--memory-mb", e));
