@@ -305,12 +305,9 @@ pub fn status_table(processes: &[Process]) -> String {
             p.resources
                 .as_ref()
                 .map_or("-".into(), |r| format!("{:.1}", r.cpu_percent)),
-            p.resources.as_ref().map_or("-".into(), |r| {
-                bytesize::ByteSize::b(r.rss_bytes)
-                    .display()
-                    .iec()
-                    .to_string()
-            }),
+            p.resources
+                .as_ref()
+                .map_or("-".into(), |r| compact_size(r.rss_bytes)),
         ]);
     }
     for i in [3, 4, 5, 7, 8] {
@@ -319,6 +316,15 @@ pub fn status_table(processes: &[Process]) -> String {
         }
     }
     table.to_string()
+}
+
+/// `2.0MiB`: one word, so each table cell stays one whitespace-separated field.
+pub fn compact_size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes)
+        .display()
+        .iec()
+        .to_string()
+        .replace(' ', "")
 }
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
@@ -335,6 +341,12 @@ pub fn human_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_one_word() {
+        assert_eq!(compact_size(2 * 1024 * 1024), "2.0MiB");
+        assert_eq!(compact_size(512), "512B");
+    }
 
     #[test]
     fn durations_read_like_a_person_wrote_them() {
