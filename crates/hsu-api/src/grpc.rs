@@ -20,17 +20,18 @@
 //! `authorization: Bearer <token>`; the health service stays open, like `GET /healthz`.
 
 use crate::model;
+use crate::server::bearer_value_matches;
 use crate::state::{ApiMetrics, ApiState};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use hsu_common::Event as JournalEvent;
+use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::ControlError;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
@@ -55,8 +56,6 @@ pub use pb::process_manager_client::ProcessManagerClient;
 pub use pb::process_manager_server::ProcessManagerServer;
 use proto::procman::v1 as pb;
 
-/// How often a followed log file is checked for new output.
-const LOG_POLL: Duration = Duration::from_millis(200);
 /// The most bytes one `LogChunk` carries.
 const CHUNK: usize = 64 * 1024;
 
@@ -146,7 +145,7 @@ impl tonic::service::Interceptor for BearerAuth {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        if bearer_matches(presented, token) {
+        if bearer_value_matches(presented, token) {
             Ok(req)
         } else {
             self.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
@@ -155,24 +154,6 @@ impl tonic::service::Interceptor for BearerAuth {
             ))
         }
     }
-}
-
-/// Whether an `authorization` value is `Bearer <token>`; the token is compared in time
-/// independent of where it differs.
-fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    let Some((scheme, presented)) = header.and_then(|h| h.trim().split_once(' ')) else {
-        return false;
-    };
-    scheme.eq_ignore_ascii_case("bearer") && constant_time_eq(presented.trim(), token)
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// The `hsu.procman.v1.ProcessManager` implementation over the API state.
@@ -294,15 +275,12 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
             return Err(control_status(ControlError::NotFound(id)));
         }
         let stream = match stream.as_str() {
-            "" | "stdout" => "stdout",
-            "stderr" => "stderr",
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "stream must be stdout or stderr, not `{other}`"
-                )))
-            }
+            "" => Stream::Stdout,
+            name => name
+                .parse::<Stream>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
         };
-        let path = self.state.log_dir.join(format!("{id}.{stream}.log"));
+        let path = CaptureFiles::new(&self.state.log_dir).path(&id, stream);
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(send_log(path, tail, follow, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -433,152 +411,62 @@ impl From<JournalEvent> for pb::Event {
     }
 }
 
-/// Sends the last `tail` lines of `path` (all of it when `None`), then, when following,
-/// whatever is appended, checking every [`LOG_POLL`]. A file that shrinks or is replaced
-/// (rotation) is read again from its start. A missing file reads as empty.
+/// Sends the last `tail` lines of `path` (all of it, up to the tail's size cap, when
+/// `None`), then, when following, whatever is appended (see [`hsu_log_collection::follow`]).
+/// A missing file reads as empty. Every `LogChunk` carries at most [`CHUNK`] bytes.
 async fn send_log(
     path: PathBuf,
     tail: Option<u64>,
     follow: bool,
     tx: mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) {
-    let mut file = LogFile::open(&path).await;
-    if let Some(f) = &mut file {
-        match tail {
-            Some(n) => match tail_offset(&mut f.file, f.len, n).await {
-                Ok(pos) => f.pos = pos,
-                Err(e) => {
-                    let _ = tx.send(Err(io_status(&path, e))).await;
-                    return;
-                }
-            },
-            None => f.pos = 0,
+    let lines = tail.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    if !follow {
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, lines)).await
+        };
+        match read {
+            Ok(Ok(t)) => {
+                let _ = send_chunks(&t.bytes, &tx).await;
+            }
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(io_status(&path, e))).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+            }
         }
+        return;
     }
-    loop {
-        if let Some(f) = &mut file {
-            if let Err(e) = f.send_new(&tx).await {
-                if let Some(e) = e {
-                    let _ = tx.send(Err(io_status(&path, e))).await;
-                }
+    let (bytes_tx, mut bytes_rx) = mpsc::channel::<Bytes>(8);
+    let forward = async {
+        while let Some(bytes) = bytes_rx.recv().await {
+            if send_chunks(&bytes, &tx).await.is_err() {
                 return;
             }
         }
-        if !follow {
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(LOG_POLL) => {}
-            () = tx.closed() => return,
-        }
-        // Reopen when the file appeared, shrank or was replaced by a rotation.
-        let current = tokio::fs::metadata(&path).await.ok();
-        let reopen = match (&file, &current) {
-            (None, Some(_)) => true,
-            (Some(f), Some(m)) => file_id(m) != f.id || m.len() < f.pos,
-            _ => false,
-        };
-        if reopen {
-            file = LogFile::open(&path).await;
-        } else if let (Some(f), Some(m)) = (&mut file, &current) {
-            f.len = m.len();
-        }
+    };
+    tokio::select! {
+        () = hsu_log_collection::follow(path, lines, bytes_tx) => {}
+        () = forward => {}
+        () = tx.closed() => {}
     }
 }
 
-struct LogFile {
-    file: tokio::fs::File,
-    id: (u64, u64),
-    /// Where the next read starts.
-    pos: u64,
-    /// The size last seen.
-    len: u64,
-}
-
-impl LogFile {
-    async fn open(path: &Path) -> Option<LogFile> {
-        let file = tokio::fs::File::open(path).await.ok()?;
-        let meta = file.metadata().await.ok()?;
-        Some(LogFile {
-            file,
-            id: file_id(&meta),
-            pos: 0,
-            len: meta.len(),
-        })
+/// Sends `bytes` as `LogChunk`s of at most [`CHUNK`] bytes; Err: the client went away.
+async fn send_chunks(
+    bytes: &[u8],
+    tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
+) -> Result<(), ()> {
+    for chunk in bytes.chunks(CHUNK) {
+        tx.send(Ok(pb::LogChunk {
+            data: chunk.to_vec(),
+        }))
+        .await
+        .map_err(|_| ())?;
     }
-
-    /// Sends `pos..len`; `Err(None)` when the client went away.
-    async fn send_new(
-        &mut self,
-        tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
-    ) -> Result<(), Option<std::io::Error>> {
-        if self.pos >= self.len {
-            return Ok(());
-        }
-        self.file.seek(std::io::SeekFrom::Start(self.pos)).await?;
-        while self.pos < self.len {
-            let want = usize::try_from(self.len - self.pos).map_or(CHUNK, |n| n.min(CHUNK));
-            let mut buf = vec![0; want];
-            let n = self.file.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            self.pos += n as u64;
-            tx.send(Ok(pb::LogChunk { data: buf }))
-                .await
-                .map_err(|_| None)?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(unix)]
-fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-#[cfg(not(unix))]
-fn file_id(_m: &std::fs::Metadata) -> (u64, u64) {
-    (0, 0)
-}
-
-/// The offset where the last `n` lines of a file of `len` bytes start (a final newline
-/// ends the last line rather than starting an empty one).
-async fn tail_offset(file: &mut tokio::fs::File, len: u64, n: u64) -> std::io::Result<u64> {
-    if n == 0 {
-        return Ok(len);
-    }
-    const BLOCK: u64 = 64 * 1024;
-    // Skip the newline that ends the last line.
-    let mut end = len;
-    if end > 0 {
-        let mut last = [0u8];
-        file.seek(std::io::SeekFrom::Start(end - 1)).await?;
-        file.read_exact(&mut last).await?;
-        if last[0] == b'\n' {
-            end -= 1;
-        }
-    }
-    let mut seen = 0;
-    let mut buf = vec![0; BLOCK as usize];
-    while end > 0 {
-        let start = end.saturating_sub(BLOCK);
-        let block = &mut buf[..(end - start) as usize];
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-        file.read_exact(block).await?;
-        for (i, byte) in block.iter().enumerate().rev() {
-            if *byte == b'\n' {
-                seen += 1;
-                if seen == n {
-                    return Ok(start + i as u64 + 1);
-                }
-            }
-        }
-        end = start;
-    }
-    Ok(0)
+    Ok(())
 }
 
 fn io_status(path: &Path, e: std::io::Error) -> Status {
@@ -627,40 +515,12 @@ mod tests {
 
     #[test]
     fn bearer_tokens() {
-        assert!(bearer_matches(Some("Bearer s3cret"), "s3cret"));
-        assert!(bearer_matches(Some("bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(Some("Bearer s3creT"), "s3cret"));
-        assert!(!bearer_matches(Some("Basic s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some("s3cret"), "s3cret"));
-        assert!(!bearer_matches(None, "s3cret"));
-    }
-
-    #[tokio::test]
-    async fn tail_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.log");
-        let cases: [(&str, u64, &str); 7] = [
-            ("a\nb\nc\n", 2, "b\nc\n"),
-            ("a\nb\nc", 2, "b\nc"),
-            ("a\nb\nc\n", 5, "a\nb\nc\n"),
-            ("a\nb\nc\n", 0, ""),
-            ("", 3, ""),
-            ("\n\n", 1, "\n"),
-            ("one line\n", 1, "one line\n"),
-        ];
-        for (text, n, want) in cases {
-            std::fs::write(&path, text).unwrap();
-            let mut f = tokio::fs::File::open(&path).await.unwrap();
-            let off = tail_offset(&mut f, text.len() as u64, n).await.unwrap();
-            assert_eq!(&text[off as usize..], want, "{text:?} tail {n}");
-        }
-        // Longer than one block.
-        let line = "x".repeat(1000) + "\n";
-        let text = line.repeat(200);
-        std::fs::write(&path, &text).unwrap();
-        let mut f = tokio::fs::File::open(&path).await.unwrap();
-        let off = tail_offset(&mut f, text.len() as u64, 150).await.unwrap();
-        assert_eq!(text.len() as u64 - off, 150 * 1001);
+        assert!(bearer_value_matches(Some("Bearer s3cret"), "s3cret"));
+        assert!(bearer_value_matches(Some("bearer s3cret"), "s3cret"));
+        assert!(!bearer_value_matches(Some("Bearer s3cre"), "s3cret"));
+        assert!(!bearer_value_matches(Some("Bearer s3creT"), "s3cret"));
+        assert!(!bearer_value_matches(Some("Basic s3cret"), "s3cret"));
+        assert!(!bearer_value_matches(Some("s3cret"), "s3cret"));
+        assert!(!bearer_value_matches(None, "s3cret"));
     }
 }

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hsu_common::Event;
+use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::ControlError;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
@@ -29,8 +30,6 @@ pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// `tail` is capped here: more lines than this are never sent at once.
 const MAX_TAIL_LINES: usize = 100_000;
 const DEFAULT_TAIL_LINES: usize = 100;
-/// How often a followed log file is checked for new bytes.
-const LOG_POLL: Duration = Duration::from_millis(200);
 /// An SSE comment this often keeps proxies from closing an idle event stream.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -504,13 +503,10 @@ pub(crate) async fn process_logs(
     let id = path_id(id)?;
     let q = query(q)?;
     let stream = match q.stream.as_deref() {
-        None | Some("stdout") => "stdout",
-        Some("stderr") => "stderr",
-        Some(other) => {
-            return Err(ApiFailure::invalid(format!(
-                "`stream` must be stdout or stderr, not `{other}`"
-            )))
-        }
+        None => Stream::Stdout,
+        Some(name) => name.parse::<Stream>().map_err(|e| {
+            ApiFailure::invalid(format!("`stream` must be stdout or stderr, not `{}`", e.0))
+        })?,
     };
     let tail = match q.tail.as_deref() {
         None => DEFAULT_TAIL_LINES,
@@ -530,15 +526,15 @@ pub(crate) async fn process_logs(
     if s.api.manager.status(&id).is_none() {
         return Err(ControlError::NotFound(id).into());
     }
-    let path = s.api.log_dir.join(format!("{id}.{stream}.log"));
+    let path = CaptureFiles::new(&s.api.log_dir).path(&id, stream);
     let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN))];
     if follow {
         let body = streaming_body(s.stopping.clone(), move |tx| {
-            log_file::follow(path, tail, tx)
+            hsu_log_collection::follow(path, tail, tx)
         });
         return Ok((headers, body).into_response());
     }
-    let tail = tokio::task::spawn_blocking(move || log_file::tail(&path, tail))
+    let tail = tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, tail))
         .await
         .map_err(ApiFailure::internal)?
         .map_err(|e| ApiFailure::internal(format!("cannot read the log: {e}")))?;
@@ -565,157 +561,6 @@ where
     Body::from_stream(
         tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
     )
-}
-
-/// Reading the end of a log file, and following it across truncation and rotation.
-mod log_file {
-    use super::{Bytes, LOG_POLL};
-    use std::fs::File;
-    use std::io::{self, Read, Seek, SeekFrom};
-    use std::os::unix::fs::MetadataExt;
-    use std::path::{Path, PathBuf};
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    use tokio::sync::mpsc;
-
-    /// Bytes sent at most per read while following.
-    const FOLLOW_CHUNK: usize = 64 * 1024;
-    /// The tail is never larger than this, however long its lines are.
-    const MAX_TAIL_BYTES: u64 = 16 * 1024 * 1024;
-
-    pub(super) struct Tail {
-        pub(super) bytes: Vec<u8>,
-        /// Where the file ended when read, and which file it was (to follow on from).
-        end: u64,
-        inode: Option<u64>,
-    }
-
-    /// The last `lines` lines of the file at `path`; a file not yet written is empty.
-    pub(super) fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Tail {
-                    bytes: Vec::new(),
-                    end: 0,
-                    inode: None,
-                })
-            }
-            Err(e) => return Err(e),
-        };
-        let meta = file.metadata()?;
-        let end = meta.len();
-        let mut bytes = Vec::new();
-        let mut start = end;
-        // Newlines seen that end a line of the tail (a final newline ends the last line).
-        let mut newlines = 0;
-        while lines > 0 && start > 0 && newlines <= lines && end - start < MAX_TAIL_BYTES {
-            let from = start.saturating_sub(FOLLOW_CHUNK as u64);
-            let mut chunk = vec![0; (start - from) as usize];
-            file.seek(SeekFrom::Start(from))?;
-            file.read_exact(&mut chunk)?;
-            newlines += chunk.iter().filter(|&&b| b == b'\n').count();
-            chunk.extend_from_slice(&bytes);
-            bytes = chunk;
-            start = from;
-        }
-        // Keep what follows the newline before the wanted lines.
-        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-        let cut = body
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, &b)| b == b'\n')
-            .nth(lines.saturating_sub(1))
-            .map_or(0, |(i, _)| i + 1);
-        let cut = if lines == 0 { bytes.len() } else { cut };
-        bytes.drain(..cut);
-        Ok(Tail {
-            bytes,
-            end,
-            inode: Some(meta.ino()),
-        })
-    }
-
-    /// Sends the tail, then every byte appended, checking every [`LOG_POLL`]. A file that
-    /// shrinks (truncated) is read again from its start; one replaced (rotated) is read to
-    /// its end, then the new file from its start.
-    pub(super) async fn follow(path: PathBuf, lines: usize, tx: mpsc::Sender<Bytes>) {
-        let first = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || tail(&path, lines)).await
-        };
-        let mut open = match first {
-            Ok(Ok(t)) => {
-                if !t.bytes.is_empty() && tx.send(t.bytes.into()).await.is_err() {
-                    return;
-                }
-                match t.inode {
-                    Some(_) => reopen(&path, t.end).await,
-                    None => None,
-                }
-            }
-            _ => None,
-        };
-        let mut ticker = tokio::time::interval(LOG_POLL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if let Some(file) = open.as_mut() {
-                if send_new_bytes(file, &tx).await.is_err() {
-                    return;
-                }
-            }
-            let current = tokio::fs::metadata(&path).await.ok();
-            let open_meta = match open.as_ref() {
-                Some(f) => f.metadata().await.ok(),
-                None => None,
-            };
-            match (current, open_meta) {
-                (None, _) => {}
-                (Some(now), Some(held)) if now.ino() == held.ino() => {
-                    if let Some(file) = open.as_mut() {
-                        let pos = file.stream_position().await.unwrap_or(0);
-                        if now.len() < pos {
-                            let _ = file.seek(SeekFrom::Start(0)).await;
-                        }
-                    }
-                }
-                // Rotated (a new file under the name) or created since: finish the old
-                // file, then read the new one from its start.
-                (Some(_), _) => {
-                    if let Some(file) = open.as_mut() {
-                        if send_new_bytes(file, &tx).await.is_err() {
-                            return;
-                        }
-                    }
-                    open = reopen(&path, 0).await;
-                }
-            }
-        }
-    }
-
-    async fn reopen(path: &Path, at: u64) -> Option<tokio::fs::File> {
-        let mut file = tokio::fs::File::open(path).await.ok()?;
-        file.seek(SeekFrom::Start(at)).await.ok()?;
-        Some(file)
-    }
-
-    /// Reads `file` to its current end, sending what it finds. Err: the client is gone.
-    async fn send_new_bytes(
-        file: &mut tokio::fs::File,
-        tx: &mpsc::Sender<Bytes>,
-    ) -> Result<(), ()> {
-        let mut buf = vec![0; FOLLOW_CHUNK];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(n) => tx
-                    .send(Bytes::copy_from_slice(&buf[..n]))
-                    .await
-                    .map_err(|_| ())?,
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -831,50 +676,5 @@ async fn follow_events(
         if tx.send(message).await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_file::tail;
-    use std::io::Write;
-
-    fn tail_of(content: &[u8], lines: usize) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.log");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(content)
-            .unwrap();
-        String::from_utf8(tail(&path, lines).unwrap().bytes).unwrap()
-    }
-
-    #[test]
-    fn tail_takes_the_last_lines() {
-        assert_eq!(tail_of(b"a\nb\nc\n", 2), "b\nc\n");
-        assert_eq!(tail_of(b"a\nb\nc", 2), "b\nc");
-        assert_eq!(tail_of(b"a\nb\nc\n", 3), "a\nb\nc\n");
-        assert_eq!(tail_of(b"a\nb\nc\n", 10), "a\nb\nc\n");
-        assert_eq!(tail_of(b"a\nb\nc\n", 0), "");
-        assert_eq!(tail_of(b"", 5), "");
-        assert_eq!(tail_of(b"\n\n\n", 2), "\n\n");
-    }
-
-    #[test]
-    fn tail_reads_across_chunks() {
-        let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
-        let got = tail_of(text.as_bytes(), 30_000);
-        assert_eq!(got.lines().count(), 30_000);
-        assert!(got.starts_with("line 20000\n"));
-        assert!(got.ends_with("line 49999\n"));
-    }
-
-    #[test]
-    fn tail_of_a_missing_file_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(tail(&dir.path().join("none.log"), 5)
-            .unwrap()
-            .bytes
-            .is_empty());
     }
 }

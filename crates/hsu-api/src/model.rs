@@ -105,18 +105,12 @@ impl Process {
             .filter(|_| running)
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| d.as_secs());
-        // Until health checks land, a liveness check is all there is: a running process
-        // is healthy, anything else unknown.
+        let report = hsu_monitoring::liveness(s.state);
         let health = Health {
-            status: if s.state == hsu_common::ProcessState::Running {
-                "healthy"
-            } else {
-                "unknown"
-            }
-            .into(),
-            consecutive_failures: 0,
-            last_check_at: None,
-            last_error: None,
+            status: report.status.as_str().into(),
+            consecutive_failures: report.consecutive_failures,
+            last_check_at: report.last_check_at.map(rfc3339),
+            last_error: report.last_error,
         };
         let limits = def
             .and_then(|d| d.control.as_ref())

@@ -206,13 +206,18 @@ async fn guard(State(api): State<ApiState>, req: Request, next: Next) -> Respons
 }
 
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some((scheme, given)) = value.trim().split_once(' ') else {
+    bearer_value_matches(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        token,
+    )
+}
+
+/// Whether an `authorization` value (HTTP header or gRPC metadata) is `Bearer <token>`,
+/// the scheme in any case; the token is compared in time independent of where it differs.
+pub(crate) fn bearer_value_matches(value: Option<&str>, token: &str) -> bool {
+    let Some((scheme, given)) = value.and_then(|v| v.trim().split_once(' ')) else {
         return false;
     };
     scheme.eq_ignore_ascii_case("bearer")

@@ -115,7 +115,7 @@ impl ProcessManager {
         let ctx = Arc::new(Context {
             events: events.clone(),
             pid_files,
-            log_dir: options.log_directory.clone(),
+            capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
             tag_prefix: options.base_directory.display().to_string(),
         });
         let durable = StateFile::open(&options.base_directory.join("state.json"));

@@ -8,6 +8,7 @@
 
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
 use hsu_common::{EventKind, EventSink, ProcessState};
+use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::{
     Circuit, ControlError, ControlSpec, LastExit, ProcessControl, ProcessDefinition, ProcessStatus,
     ProcessType,
@@ -15,8 +16,7 @@ use hsu_managed_process::{
 use hsu_process::{Child, ExitInfo, SpawnSpec};
 use hsu_process_file::PidFiles;
 use hsu_process_state::StateMachine;
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,7 +26,8 @@ use tokio::time::Instant;
 pub struct Context {
     pub events: Arc<dyn EventSink>,
     pub pid_files: PidFiles,
-    pub log_dir: PathBuf,
+    /// Where the children's stdout/stderr are captured.
+    pub capture: CaptureFiles,
     /// Prefix of the owner tag exported to every process tree (the base directory).
     pub tag_prefix: String,
 }
@@ -290,14 +291,14 @@ impl Supervisor {
         self.next_restart_at = None;
     }
 
-    fn open_log(&self, stream: &str, capture: bool) -> Option<File> {
+    fn open_log(&self, stream: Stream, capture: bool) -> Option<File> {
         if !(capture && self.def.log_collection.enabled) {
             return None;
         }
-        let path = log_path(&self.ctx.log_dir, self.id(), stream);
-        match OpenOptions::new().create(true).append(true).open(&path) {
+        match self.ctx.capture.open_append(self.id(), stream) {
             Ok(f) => Some(f),
             Err(e) => {
+                let path = self.ctx.capture.path(self.id(), stream);
                 tracing::warn!(id = self.id(), "cannot open {}: {e}", path.display());
                 None
             }
@@ -331,8 +332,8 @@ impl Supervisor {
             args,
             working_directory: self.control.working_directory.clone(),
             environment,
-            stdout: self.open_log("stdout", self.def.log_collection.capture_stdout),
-            stderr: self.open_log("stderr", self.def.log_collection.capture_stderr),
+            stdout: self.open_log(Stream::Stdout, self.def.log_collection.capture_stdout),
+            stderr: self.open_log(Stream::Stderr, self.def.log_collection.capture_stderr),
             tag: self.ctx.tag(self.id()),
         };
         let now = Instant::now();
@@ -543,9 +544,4 @@ fn free_loopback_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()
         .map(|a| a.port())
-}
-
-/// The log file path of a process's stream (`stdout` / `stderr`).
-pub fn log_path(log_dir: &Path, id: &str, stream: &str) -> PathBuf {
-    log_dir.join(format!("{id}.{stream}.log"))
 }

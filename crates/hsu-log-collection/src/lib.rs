@@ -1,0 +1,335 @@
+//! Captured output (SPEC: "stdout/stderr capture, rotation, aggregation"): where each
+//! managed process's stdout and stderr land (`<dir>/<id>.<stream>.log`), and reading them
+//! back, the last lines or following what is appended across truncation and rotation.
+//!
+//! The files are written by the children themselves: the supervisor opens a capture file
+//! in append mode ([`CaptureFiles::open_append`]) and hands it to the child as its stdout
+//! or stderr. This crate must never hold a pipe to a child or copy its output; a slow or
+//! missing reader can then never block a process, and output survives a manager restart.
+//! Readers ([`tail`], [`follow`]) only open the files read-only.
+
+use bytes::Bytes;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+
+/// How often a followed file is checked for new bytes.
+const POLL: Duration = Duration::from_millis(200);
+/// Bytes sent at most per read while following.
+const FOLLOW_CHUNK: usize = 64 * 1024;
+/// The tail is never larger than this, however long its lines are.
+const MAX_TAIL_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One captured output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is neither `stdout` nor `stderr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStream(pub String);
+
+impl fmt::Display for UnknownStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream must be stdout or stderr, not `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownStream {}
+
+impl FromStr for Stream {
+    type Err = UnknownStream;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Stream::Stdout),
+            "stderr" => Ok(Stream::Stderr),
+            other => Err(UnknownStream(other.to_owned())),
+        }
+    }
+}
+
+/// The directory holding every capture file, `<dir>/<id>.<stream>.log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureFiles {
+    dir: PathBuf,
+}
+
+impl CaptureFiles {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CaptureFiles { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where process `id`'s `stream` is captured. `id` must be a known process id, so the
+    /// path never leaves the directory.
+    pub fn path(&self, id: &str, stream: Stream) -> PathBuf {
+        self.dir.join(format!("{id}.{stream}.log"))
+    }
+
+    /// The capture file opened (created if needed) for appending, to hand to a child.
+    pub fn open_append(&self, id: &str, stream: Stream) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(id, stream))
+    }
+}
+
+/// The end of a file as read by [`tail`].
+pub struct Tail {
+    pub bytes: Vec<u8>,
+    /// Where the file ended when read, and which file it was (to follow on from).
+    end: u64,
+    inode: Option<u64>,
+}
+
+/// The last `lines` lines of the file at `path` (at most 16 MiB); a file not yet written
+/// is empty.
+pub fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Tail {
+                bytes: Vec::new(),
+                end: 0,
+                inode: None,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let end = meta.len();
+    let mut bytes = Vec::new();
+    let mut start = end;
+    // Newlines seen that end a line of the tail (a final newline ends the last line).
+    let mut newlines = 0;
+    while lines > 0 && start > 0 && newlines <= lines && end - start < MAX_TAIL_BYTES {
+        let from = start.saturating_sub(FOLLOW_CHUNK as u64);
+        let mut chunk = vec![0; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+        chunk.extend_from_slice(&bytes);
+        bytes = chunk;
+        start = from;
+    }
+    // Keep what follows the newline before the wanted lines.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let cut = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(lines.saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    let cut = if lines == 0 { bytes.len() } else { cut };
+    bytes.drain(..cut);
+    Ok(Tail {
+        bytes,
+        end,
+        inode: Some(meta.ino()),
+    })
+}
+
+/// Sends the tail, then every byte appended, checking every 200 ms. A file that shrinks
+/// (truncated) is read again from its start; one replaced (rotated) is read to its end,
+/// then the new file from its start. Returns only when `tx`'s receiver is gone and a send
+/// fails; a caller that must stop sooner drops this future.
+pub async fn follow(path: PathBuf, lines: usize, tx: mpsc::Sender<Bytes>) {
+    let first = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || tail(&path, lines)).await
+    };
+    let mut open = match first {
+        Ok(Ok(t)) => {
+            if !t.bytes.is_empty() && tx.send(t.bytes.into()).await.is_err() {
+                return;
+            }
+            match t.inode {
+                Some(_) => reopen(&path, t.end).await,
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let mut ticker = tokio::time::interval(POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Some(file) = open.as_mut() {
+            if send_new_bytes(file, &tx).await.is_err() {
+                return;
+            }
+        }
+        let current = tokio::fs::metadata(&path).await.ok();
+        let open_meta = match open.as_ref() {
+            Some(f) => f.metadata().await.ok(),
+            None => None,
+        };
+        match (current, open_meta) {
+            (None, _) => {}
+            (Some(now), Some(held)) if now.ino() == held.ino() => {
+                if let Some(file) = open.as_mut() {
+                    let pos = file.stream_position().await.unwrap_or(0);
+                    if now.len() < pos {
+                        let _ = file.seek(SeekFrom::Start(0)).await;
+                    }
+                }
+            }
+            // Rotated (a new file under the name) or created since: finish the old
+            // file, then read the new one from its start.
+            (Some(_), _) => {
+                if let Some(file) = open.as_mut() {
+                    if send_new_bytes(file, &tx).await.is_err() {
+                        return;
+                    }
+                }
+                open = reopen(&path, 0).await;
+            }
+        }
+    }
+}
+
+async fn reopen(path: &Path, at: u64) -> Option<tokio::fs::File> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    file.seek(SeekFrom::Start(at)).await.ok()?;
+    Some(file)
+}
+
+/// Reads `file` to its current end, sending what it finds. Err: the receiver is gone.
+async fn send_new_bytes(file: &mut tokio::fs::File, tx: &mpsc::Sender<Bytes>) -> Result<(), ()> {
+    let mut buf = vec![0; FOLLOW_CHUNK];
+    loop {
+        match file.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => tx
+                .send(Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .map_err(|_| ())?,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn tail_of(content: &[u8], lines: usize) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(content)
+            .unwrap();
+        String::from_utf8(tail(&path, lines).unwrap().bytes).unwrap()
+    }
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        assert_eq!(tail_of(b"a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc", 2), "b\nc");
+        assert_eq!(tail_of(b"a\nb\nc\n", 3), "a\nb\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc\n", 10), "a\nb\nc\n");
+        assert_eq!(tail_of(b"a\nb\nc\n", 0), "");
+        assert_eq!(tail_of(b"", 5), "");
+        assert_eq!(tail_of(b"\n\n\n", 2), "\n\n");
+    }
+
+    #[test]
+    fn tail_offsets() {
+        let cases: [(&str, usize, &str); 8] = [
+            ("a\nb\nc\n", 2, "b\nc\n"),
+            ("a\nb\nc", 2, "b\nc"),
+            ("a\nb\nc\n", 5, "a\nb\nc\n"),
+            ("a\nb\nc\n", 0, ""),
+            ("", 3, ""),
+            ("\n\n", 1, "\n"),
+            ("one line\n", 1, "one line\n"),
+            ("a\nb\n", usize::MAX, "a\nb\n"),
+        ];
+        for (text, n, want) in cases {
+            assert_eq!(tail_of(text.as_bytes(), n), want, "{text:?} tail {n}");
+        }
+        // Longer than one block.
+        let line = "x".repeat(1000) + "\n";
+        let text = line.repeat(200);
+        assert_eq!(tail_of(text.as_bytes(), 150).len(), 150 * 1001);
+    }
+
+    #[test]
+    fn tail_reads_across_chunks() {
+        let text: String = (0..50_000).map(|i| format!("line {i}\n")).collect();
+        let got = tail_of(text.as_bytes(), 30_000);
+        assert_eq!(got.lines().count(), 30_000);
+        assert!(got.starts_with("line 20000\n"));
+        assert!(got.ends_with("line 49999\n"));
+    }
+
+    #[test]
+    fn tail_of_a_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(tail(&dir.path().join("none.log"), 5)
+            .unwrap()
+            .bytes
+            .is_empty());
+    }
+
+    #[test]
+    fn capture_paths_and_streams() {
+        let files = CaptureFiles::new("/logs");
+        assert_eq!(
+            files.path("web", Stream::Stderr),
+            Path::new("/logs/web.stderr.log")
+        );
+        assert_eq!("stdout".parse(), Ok(Stream::Stdout));
+        assert_eq!("stderr".parse(), Ok(Stream::Stderr));
+        assert!("Stdout".parse::<Stream>().is_err());
+        assert!("".parse::<Stream>().is_err());
+    }
+
+    #[test]
+    fn open_append_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CaptureFiles::new(dir.path());
+        files
+            .open_append("p", Stream::Stdout)
+            .unwrap()
+            .write_all(b"a\n")
+            .unwrap();
+        files
+            .open_append("p", Stream::Stdout)
+            .unwrap()
+            .write_all(b"b\n")
+            .unwrap();
+        let got = std::fs::read_to_string(files.path("p", Stream::Stdout)).unwrap();
+        assert_eq!(got, "a\nb\n");
+    }
+}
