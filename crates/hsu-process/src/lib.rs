@@ -43,10 +43,10 @@ pub struct SpawnSpec {
 /// Why a spawn failed, with the operating system's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpawnError {
-    #[error("executable `{program}` not found")]
-    NotFound { program: String },
-    #[error("executable `{program}`: permission denied")]
-    PermissionDenied { program: String },
+    #[error("executable `{program}` not found ({os})")]
+    NotFound { program: String, os: String },
+    #[error("executable `{program}`: permission denied ({os})")]
+    PermissionDenied { program: String, os: String },
     #[error("working directory `{dir}` does not exist")]
     NoWorkingDirectory { dir: String },
     #[error("cannot spawn `{program}`: {message}")]
@@ -321,6 +321,7 @@ mod tests {
     async fn missing_executable_is_not_found() {
         let err = spawn(spec("/nonexistent/hsu-test-binary", &[], "t#missing")).unwrap_err();
         assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("os error 2"), "{err}");
     }
 
     #[tokio::test]

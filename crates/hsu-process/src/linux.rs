@@ -69,9 +69,11 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
     let wrapped = wrap.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SpawnError::NotFound {
             program: program.clone(),
+            os: e.to_string(),
         },
         std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied {
             program: program.clone(),
+            os: e.to_string(),
         },
         _ => SpawnError::Other {
             program: program.clone(),
