@@ -43,9 +43,9 @@ pub struct SpawnSpec {
 /// Why a spawn failed, with the operating system's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpawnError {
-    #[error("executable `{program}` not found ({os})")]
+    #[error("executable `{program}` not found: {os}")]
     NotFound { program: String, os: String },
-    #[error("executable `{program}`: permission denied ({os})")]
+    #[error("executable `{program}`: permission denied: {os}")]
     PermissionDenied { program: String, os: String },
     #[error("working directory `{dir}` does not exist")]
     NoWorkingDirectory { dir: String },
