@@ -1,6 +1,9 @@
 //! The gRPC API end to end: a real `ProcessManager` supervising one process, the API's
 //! gRPC routes served over h2c by hyper-util's auto builder (as the API server does), and
 //! the generated tonic client over a real channel.
+mod common;
+
+use common::DEADLINE;
 
 use hsu_api::grpc::proto::core::v1 as core_pb;
 use hsu_api::grpc::proto::core::v1::core_service_client::CoreServiceClient;
@@ -13,13 +16,12 @@ use hsu_managed_process::{
 use hsu_process_file::Journal;
 use hsu_process_management::{ManagerOptions, ProcessManager};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -28,7 +30,6 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const ID: &str = "sleeper";
-const DEADLINE: Duration = Duration::from_secs(15);
 
 struct Harness {
     manager: ProcessManager,
@@ -139,22 +140,6 @@ impl Harness {
     }
 }
 
-/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn get(client: &mut ProcessManagerClient<Channel>, id: &str) -> Result<pb::Process, Status> {
     client
         .get(pb::GetRequest { id: id.into() })
@@ -163,7 +148,7 @@ async fn get(client: &mut ProcessManagerClient<Channel>, id: &str) -> Result<pb:
 }
 
 async fn wait_state(client: &mut ProcessManagerClient<Channel>, state: &str) -> pb::Process {
-    eventually(&format!("{ID} to be {state}"), || {
+    common::eventually(&format!("{ID} to be {state}"), || {
         let mut client = client.clone();
         async move { get(&mut client, ID).await.ok().filter(|p| p.state == state) }
     })
@@ -247,7 +232,7 @@ async fn process_manager_over_grpc() {
     }
 
     // Logs: the last lines, a bad stream name, an unknown process.
-    let text = eventually("three lines of output", || {
+    let text = common::eventually("three lines of output", || {
         let mut client = client.clone();
         async move {
             let text = log_text(&mut client, "stdout", None).await.ok()?;
@@ -298,7 +283,7 @@ async fn process_manager_over_grpc() {
     assert_ne!(second_pid, first_pid);
 
     // Follow the log from its last line, then Restart: the new run's output arrives.
-    eventually("the second run's output", || {
+    common::eventually("the second run's output", || {
         let mut client = client.clone();
         async move {
             let text = log_text(&mut client, "stdout", None).await.ok()?;
@@ -326,7 +311,7 @@ async fn process_manager_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!(restarted.action, "restart");
-    eventually("a new pid after restart", || {
+    common::eventually("a new pid after restart", || {
         let mut client = client.clone();
         async move {
             get(&mut client, ID)
@@ -482,7 +467,7 @@ async fn token_and_shutdown() {
         .await
         .expect("shutdown requested");
     assert_eq!(reason, "grpc test");
-    eventually("health NOT_SERVING", || {
+    common::eventually("health NOT_SERVING", || {
         let channel = channel.clone();
         async move {
             (health(channel, "").await.ok()? == ServingStatus::NotServing as i32).then_some(())

@@ -1,6 +1,9 @@
 //! The HTTP API against a real `ProcessManager` supervising real processes, through the
 //! typed client (TCP and the Unix socket) and, where headers or odd requests matter, raw
 //! HTTP/1.1 over TCP.
+mod common;
+
+use common::DEADLINE;
 
 use hsu_api::client::ApiClient;
 use hsu_api::server::{self, RunningServer};
@@ -13,14 +16,11 @@ use hsu_process_file::Journal;
 use hsu_process_management::{ManagerOptions, ProcessManager};
 use hyper::Method;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const DEADLINE: Duration = Duration::from_secs(15);
 
 fn definition(
     id: &str,
@@ -151,7 +151,7 @@ impl Harness {
     async fn wait_running(&self, id: &str) -> u32 {
         let client = self.tcp.clone();
         let id = id.to_owned();
-        wait_until(&format!("{id} running"), || {
+        common::eventually(&format!("{id} running"), || {
             let client = client.clone();
             let id = id.clone();
             async move {
@@ -160,25 +160,6 @@ impl Harness {
             }
         })
         .await
-    }
-}
-
-/// Polls `check` until it gives a value, failing the test after [`DEADLINE`].
-async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -697,7 +678,7 @@ async fn events_follow_streams_new_events() {
 async fn logs_tail_and_follow() {
     let h = Harness::start(|dir| vec![talker("t", dir)], None).await;
     let c = h.tcp.clone();
-    let all = wait_until("five lines of output", || {
+    let all = common::eventually("five lines of output", || {
         let c = c.clone();
         async move {
             let text = c.logs("t", "stdout", None).await.ok()?;
@@ -711,7 +692,7 @@ async fn logs_tail_and_follow() {
         "line 4\nline 5\n"
     );
     assert_eq!(c.logs("t", "stdout", Some(0)).await.unwrap(), "");
-    let stderr = wait_until("stderr", || {
+    let stderr = common::eventually("stderr", || {
         let c = c.clone();
         async move {
             c.logs("t", "stderr", None)

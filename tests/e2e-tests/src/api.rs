@@ -367,19 +367,7 @@ pub fn run_cli(run: &TestRun, args: &[&str], env: &[(&str, &str)]) -> CliOutput 
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
-    // Drain the pipes on threads so a chatty command cannot block on a full pipe.
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
+    let pipes = crate::assertions::Pipes::drain(&mut child);
     let status = match poll_until(CLI_TIMEOUT, || child.try_wait().ok().flatten()) {
         Some(s) => s,
         None => {
@@ -388,11 +376,12 @@ pub fn run_cli(run: &TestRun, args: &[&str], env: &[(&str, &str)]) -> CliOutput 
             panic!("`{command}` did not exit within {CLI_TIMEOUT:?}");
         }
     };
+    let (stdout, stderr) = pipes.join();
     let output = CliOutput {
         command,
         status,
-        stdout: String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
         took: started.elapsed(),
     };
     if let Ok(mut log) = std::fs::OpenOptions::new()

@@ -211,6 +211,40 @@ pub fn assert_all_alive(what: &str, pids: &[u32]) {
     assert!(dead.is_empty(), "{what}: not alive: {dead:?} (of {pids:?})");
 }
 
+/// A child's piped stdout and stderr, read to the end on two threads so a chatty child
+/// never blocks on a full pipe.
+pub struct Pipes {
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Pipes {
+    /// Takes both pipes of `child` (spawned with `Stdio::piped()` for each).
+    pub fn drain(child: &mut std::process::Child) -> Pipes {
+        fn reader(
+            mut pipe: impl std::io::Read + Send + 'static,
+        ) -> std::thread::JoinHandle<Vec<u8>> {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = pipe.read_to_end(&mut v);
+                v
+            })
+        }
+        Pipes {
+            stdout: reader(child.stdout.take().expect("piped stdout")),
+            stderr: reader(child.stderr.take().expect("piped stderr")),
+        }
+    }
+
+    /// Everything written to stdout and stderr; waits for both pipes to close.
+    pub fn join(self) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.stdout.join().unwrap_or_default(),
+            self.stderr.join().unwrap_or_default(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -362,19 +362,7 @@ pub fn run_manager_command(run: &TestRun, args: &[&str], timeout: Duration) -> O
         .env_remove("RUST_LOG")
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bins.manager.display()));
-    // Drain the pipes on threads so a chatty manager cannot block on a full pipe.
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
+    let pipes = crate::assertions::Pipes::drain(&mut child);
     let status = poll_until(timeout, || child.try_wait().ok().flatten());
     let status = match status {
         Some(s) => s,
@@ -385,10 +373,11 @@ pub fn run_manager_command(run: &TestRun, args: &[&str], timeout: Duration) -> O
             panic!("hsu-process-manager {args:?} did not exit within {timeout:?} ({s})");
         }
     };
+    let (stdout, stderr) = pipes.join();
     let output = Output {
         status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        stdout,
+        stderr,
     };
     let mut saved = format!("$ hsu-process-manager {}\n", args.join(" ")).into_bytes();
     saved.extend_from_slice(&output.stdout);

@@ -163,14 +163,6 @@ fn restart(cx: &mut Ctx, node: &Node, path: &str) -> RestartTuning {
         return t;
     };
     sections::restart_fields(cx, &m, &mut t);
-    if let Some(n) = m.get("health_failures") {
-        t.health_failures = sections::trigger_override(cx, n, &m.at("health_failures"));
-    }
-    if let Some(n) = m.get("resource_violations") {
-        t.resource_violations = sections::trigger_override(cx, n, &m.at("resource_violations"));
-    }
-    t.startup_grace_period = m
-        .field(cx, "startup_grace_period", Ctx::duration)
-        .unwrap_or_default();
+    sections::trigger_fields(cx, &m, &mut t);
     t
 }

@@ -166,15 +166,7 @@ fn context_aware_restart(
             sections::restart_fields(cx, &d, &mut t);
         }
     }
-    if let Some(n) = m.get("health_failures") {
-        t.health_failures = sections::trigger_override(cx, n, &m.at("health_failures"));
-    }
-    if let Some(n) = m.get("resource_violations") {
-        t.resource_violations = sections::trigger_override(cx, n, &m.at("resource_violations"));
-    }
-    t.startup_grace_period = m
-        .field(cx, "startup_grace_period", Ctx::duration)
-        .unwrap_or_default();
+    sections::trigger_fields(cx, &m, &mut t);
     let sustained = m.field(cx, "sustained_violation_time", Ctx::duration);
     (t, sustained)
 }

@@ -63,6 +63,20 @@ pub(crate) fn restart_fields(cx: &mut Ctx, m: &Map, t: &mut RestartTuning) {
     }
 }
 
+/// The keys both forms share beside the base tuning: the per-trigger overrides
+/// (`health_failures`, `resource_violations`) and `startup_grace_period`.
+pub(crate) fn trigger_fields(cx: &mut Ctx, m: &Map, t: &mut RestartTuning) {
+    if let Some(n) = m.get("health_failures") {
+        t.health_failures = trigger_override(cx, n, &m.at("health_failures"));
+    }
+    if let Some(n) = m.get("resource_violations") {
+        t.resource_violations = trigger_override(cx, n, &m.at("resource_violations"));
+    }
+    t.startup_grace_period = m
+        .field(cx, "startup_grace_period", Ctx::duration)
+        .unwrap_or_default();
+}
+
 /// `health_failures` / `resource_violations`: overrides of the process-wide tuning.
 pub(crate) fn trigger_override(cx: &mut Ctx, node: &Node, path: &str) -> TriggerOverride {
     let mut o = TriggerOverride::default();
