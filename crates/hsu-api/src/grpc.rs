@@ -239,7 +239,7 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         let id = req.into_inner().id;
         self.state
             .manager
-            .stop_process(&id)
+            .stop_process(&id, false)
             .await
             .map_err(control_status)?;
         self.accepted(id, "stop")

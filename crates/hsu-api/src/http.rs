@@ -383,7 +383,7 @@ async fn control(
     run_to_completion(async move {
         match action {
             Action::Start => manager.start_process(&target).await,
-            Action::Stop => manager.stop_process(&target).await,
+            Action::Stop => manager.stop_process(&target, false).await,
             Action::Restart { force } => manager.restart_process(&target, force).await,
         }
     })

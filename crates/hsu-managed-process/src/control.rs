@@ -101,7 +101,8 @@ pub trait ProcessControl {
     fn id(&self) -> &str;
     fn status(&self) -> ProcessStatus;
     fn start(&self) -> impl Future<Output = Result<(), ControlError>> + Send;
-    fn stop(&self) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// `force` SIGKILLs the whole tree at once, ending a graceful stop in progress.
+    fn stop(&self, force: bool) -> impl Future<Output = Result<(), ControlError>> + Send;
     /// `force` ignores an open circuit breaker.
     fn restart(&self, force: bool) -> impl Future<Output = Result<(), ControlError>> + Send;
 }

@@ -294,15 +294,16 @@ impl ProcessManager {
         Ok(())
     }
 
-    /// Stops a process; resolves when nothing of its tree is left.
-    pub async fn stop_process(&self, id: &str) -> Result<(), ControlError> {
+    /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL
+    /// to the whole tree at once (and ends a graceful stop already in progress).
+    pub async fn stop_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
         match self.handle_for(id, false) {
             // A disabled process that was never started is already stopped.
             Err(ControlError::Conflict { message, .. }) if message.starts_with("not running") => {
                 Ok(())
             }
             other => {
-                other?.stop().await?;
+                other?.stop(force).await?;
                 self.remember_stopped_by_hand(id, true);
                 Ok(())
             }

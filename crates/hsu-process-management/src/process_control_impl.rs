@@ -135,7 +135,7 @@ impl ProcessControl for ProcessHandle {
         self.call(Command::Start).await
     }
 
-    async fn stop(&self) -> Result<(), ControlError> {
+    async fn stop(&self, _force: bool) -> Result<(), ControlError> {
         self.call(Command::Stop).await
     }
 
