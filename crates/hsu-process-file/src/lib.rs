@@ -10,13 +10,16 @@ mod journal;
 mod lock;
 mod pid_file;
 mod state_file;
+mod writer;
 
 pub use journal::{Journal, JournalError};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
 pub use state_file::StateFile;
+pub use writer::FileWriter;
 
-/// Writes `contents` to `path` through a temporary file and a rename.
+/// Writes `contents` to `path` through a temporary file, a sync and a rename, then syncs
+/// the directory so the rename itself survives a power loss.
 pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!(
@@ -26,5 +29,12 @@ pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(contents)?;
     f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Some filesystems refuse to sync a directory; the file itself is already safe.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }

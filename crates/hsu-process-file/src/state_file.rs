@@ -1,13 +1,15 @@
-//! `state.json`: what must survive the manager itself. Written atomically (write, then
-//! rename) on every change, read once at start.
+//! `state.json`: what must survive the manager itself. Written atomically (write, sync,
+//! rename, sync the directory) in the background after every change, read once at start.
 //!
 //! Today it records which processes an operator stopped by hand, so that a manager
 //! restart does not start them again.
 
+use crate::FileWriter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct DurableState {
@@ -22,17 +24,22 @@ struct ProcessRecord {
     stopped_by_hand: bool,
 }
 
-/// The durable state file. Cheap to share; every change is written through at once.
+/// The durable state file. Cheap to share; every change is queued to the background
+/// [`FileWriter`] at once (never written on the caller's thread), and a burst of changes
+/// costs one write of the newest state.
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
-    state: Mutex<DurableState>,
+    state: Arc<Mutex<DurableState>>,
+    writer: FileWriter,
+    /// A snapshot write is queued and has not yet read the state.
+    pending: Arc<AtomicBool>,
 }
 
 impl StateFile {
     /// Reads `path` if it exists. An unreadable or corrupt file is reported and replaced
     /// by an empty state: losing a "stopped by hand" mark must not stop the manager.
-    pub fn open(path: &Path) -> StateFile {
+    pub fn open(path: &Path, writer: FileWriter) -> StateFile {
         let state = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(
@@ -49,39 +56,56 @@ impl StateFile {
         };
         StateFile {
             path: path.to_path_buf(),
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            writer,
+            pending: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// Whether `id` was stopped by hand and must stay stopped.
     pub fn stopped_by_hand(&self, id: &str) -> bool {
-        self.lock()
+        lock(&self.state)
             .processes
             .get(id)
             .is_some_and(|r| r.stopped_by_hand)
     }
 
-    /// Records (or clears) the mark and writes the file if anything changed.
-    pub fn set_stopped_by_hand(&self, id: &str, stopped: bool) -> std::io::Result<()> {
-        let mut state = self.lock();
-        if state.processes.get(id).is_some_and(|r| r.stopped_by_hand) == stopped {
-            return Ok(());
+    /// Records (or clears) the mark; when that changes anything, the file is rewritten in
+    /// the background. The in-memory answer changes at once, in the caller's order.
+    pub fn set_stopped_by_hand(&self, id: &str, stopped: bool) {
+        {
+            let mut state = lock(&self.state);
+            if state.processes.get(id).is_some_and(|r| r.stopped_by_hand) == stopped {
+                return;
+            }
+            if stopped {
+                state
+                    .processes
+                    .entry(id.to_owned())
+                    .or_default()
+                    .stopped_by_hand = true;
+            } else {
+                state.processes.remove(id);
+            }
         }
-        if stopped {
-            state
-                .processes
-                .entry(id.to_owned())
-                .or_default()
-                .stopped_by_hand = true;
-        } else {
-            state.processes.remove(id);
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return; // the queued write has not read the state yet: it will see this change
         }
-        let json = serde_json::to_vec_pretty(&*state).map_err(std::io::Error::other)?;
-        crate::write_atomic(&self.path, &json)
+        let (state, pending) = (self.state.clone(), self.pending.clone());
+        self.writer.snapshot(self.path.clone(), move || {
+            pending.store(false, Ordering::Release);
+            serde_json::to_vec_pretty(&*lock(&state)).ok()
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, DurableState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Blocks until every change so far is on disk (end of shutdown, tests).
+    pub fn flush(&self) {
+        self.writer.flush();
     }
+}
+
+fn lock(state: &Mutex<DurableState>) -> std::sync::MutexGuard<'_, DurableState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -92,15 +116,17 @@ mod tests {
     fn marks_survive_a_reopen_and_corruption_is_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let s = StateFile::open(&path);
+        let w = FileWriter::start().unwrap();
+        let s = StateFile::open(&path, w.clone());
         assert!(!s.stopped_by_hand("web"));
-        s.set_stopped_by_hand("web", true).unwrap();
-        s.set_stopped_by_hand("db", true).unwrap();
-        s.set_stopped_by_hand("db", false).unwrap();
-        let s = StateFile::open(&path);
+        s.set_stopped_by_hand("web", true);
+        s.set_stopped_by_hand("db", true);
+        s.set_stopped_by_hand("db", false);
+        s.flush();
+        let s = StateFile::open(&path, w.clone());
         assert!(s.stopped_by_hand("web"));
         assert!(!s.stopped_by_hand("db"));
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(!StateFile::open(&path).stopped_by_hand("web"));
+        assert!(!StateFile::open(&path, w).stopped_by_hand("web"));
     }
 }

@@ -25,6 +25,7 @@
 pub mod config;
 pub mod lifecycle;
 pub mod manager;
+pub mod platform;
 pub mod process_control_impl;
 
 pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};

@@ -1,12 +1,13 @@
 //! The `ProcessManager`: owns one supervisor per process, the orphan reaper, live reload
 //! and the shutdown of everything. Cheap to clone; every clone is the same manager.
 
-use crate::process_control_impl::{Context, ProcessHandle};
+use crate::platform::{OsPlatform, Platform};
+use crate::process_control_impl::{Context, Ending, ProcessHandle};
 use hsu_common::{EventKind, EventSink};
 use hsu_managed_process::{
-    ControlError, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
+    ControlError, ControlSpec, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
 };
-use hsu_process_file::{PidFiles, StateFile};
+use hsu_process_file::{FileWriter, PidFiles, StateFile};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -48,8 +49,8 @@ struct Inner {
     reaper: tokio::task::JoinHandle<()>,
     /// Set once someone (a signal, the API) asks the manager to shut down.
     shutdown_requested: watch::Sender<Option<String>>,
-    /// `state.json`: which processes were stopped by hand.
-    durable: StateFile,
+    /// `state.json`: which processes were stopped by hand (the supervisors set the marks).
+    durable: Arc<StateFile>,
     /// The last resource sample of each running process's tree, by id.
     usage: Mutex<HashMap<String, Sample>>,
     sampler: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -101,6 +102,15 @@ impl ProcessManager {
         options: ManagerOptions,
         events: Arc<dyn EventSink>,
     ) -> Result<ProcessManager, ManagerError> {
+        Self::with_platform(options, events, Arc::new(OsPlatform))
+    }
+
+    /// [`Self::new`] on a given platform (the real one, or a made-up one in tests).
+    pub fn with_platform(
+        options: ManagerOptions,
+        events: Arc<dyn EventSink>,
+        platform: Arc<dyn Platform>,
+    ) -> Result<ProcessManager, ManagerError> {
         let pid_dir = options.base_directory.join("pids");
         let files_err = |path: &PathBuf| {
             let path = path.clone();
@@ -109,16 +119,23 @@ impl ProcessManager {
         let pid_files = PidFiles::new(&pid_dir).map_err(files_err(&pid_dir))?;
         std::fs::create_dir_all(&options.log_directory)
             .map_err(files_err(&options.log_directory))?;
+        let writer = FileWriter::start().map_err(files_err(&options.base_directory))?;
         if let Err(e) = hsu_process::become_subreaper() {
             tracing::warn!("cannot become child subreaper ({e}); grandchildren that leave their process group may outlive a stop");
         }
+        let durable = Arc::new(StateFile::open(
+            &options.base_directory.join("state.json"),
+            writer.clone(),
+        ));
         let ctx = Arc::new(Context {
             events: events.clone(),
+            platform,
             pid_files,
+            writer,
+            durable: durable.clone(),
             capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
             tag_prefix: options.base_directory.display().to_string(),
         });
-        let durable = StateFile::open(&options.base_directory.join("state.json"));
         let manager = ProcessManager {
             inner: Arc::new(Inner {
                 entries: Mutex::new(Vec::new()),
@@ -151,11 +168,7 @@ impl ProcessManager {
                 entries.push(entry);
             }
         }
-        for handle in to_start {
-            if let Err(e) = handle.start().await {
-                tracing::error!(id = handle.id(), "start failed: {e}");
-            }
-        }
+        start_all(to_start, "started with the manager").await;
     }
 
     fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -165,12 +178,6 @@ impl ProcessManager {
     /// Whether an operator stopped `id` by hand (kept in `state.json` across restarts).
     fn held(&self, id: &str) -> bool {
         self.inner.durable.stopped_by_hand(id)
-    }
-
-    fn remember_stopped_by_hand(&self, id: &str, stopped: bool) {
-        if let Err(e) = self.inner.durable.set_stopped_by_hand(id, stopped) {
-            tracing::warn!(id, "cannot record the desired state in state.json: {e}");
-        }
     }
 
     /// The supervisor to start for a new entry: managed, enabled, not stopped by hand.
@@ -188,15 +195,17 @@ impl ProcessManager {
         } else {
             "not started"
         };
-        let supervision = match (&def.control, def.process_type.is_managed(), def.enabled) {
-            (Some(control), true, true) => Supervision::Managed(ProcessHandle::spawn(
+        let supervision = match supervised(&def) {
+            Some(control) => Supervision::Managed(ProcessHandle::spawn(
                 def.clone(),
                 control.clone(),
                 self.inner.ctx.clone(),
                 reason,
             )),
-            (_, true, false) => Supervision::Idle(idle(&def, "disabled in the config")),
-            _ => Supervision::Idle(idle(
+            None if def.process_type.is_managed() => {
+                Supervision::Idle(idle(&def, "disabled in the config"))
+            }
+            None => Supervision::Idle(idle(
                 &def,
                 "unmanaged: observed only; discovery is not available in this version",
             )),
@@ -250,16 +259,17 @@ impl ProcessManager {
             .map(|e| e.def.clone())
     }
 
-    /// The supervisor of `id`, creating one for a disabled managed process (a start by
-    /// hand runs it). Unknown ids and unmanaged processes are errors.
-    fn handle_for(&self, id: &str, create: bool) -> Result<ProcessHandle, ControlError> {
+    /// The supervisor of `id`, creating one for a disabled managed process when
+    /// `create` (a start by hand runs it). `Ok(None)`: a disabled process that was never
+    /// started. Unknown ids and unmanaged processes are errors.
+    fn handle_for(&self, id: &str, create: bool) -> Result<Option<ProcessHandle>, ControlError> {
         let mut entries = self.entries();
         let entry = entries
             .iter_mut()
             .find(|e| e.def.id == id)
             .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
         match &entry.supervision {
-            Supervision::Managed(h) => Ok(h.clone()),
+            Supervision::Managed(h) => Ok(Some(h.clone())),
             Supervision::Idle(_) if !entry.def.process_type.is_managed() => {
                 Err(ControlError::Conflict {
                     id: id.to_owned(),
@@ -277,94 +287,141 @@ impl ProcessManager {
                         "not started",
                     );
                     entry.supervision = Supervision::Managed(h.clone());
-                    Ok(h)
+                    Ok(Some(h))
                 }
-                _ => Err(ControlError::Conflict {
-                    id: id.to_owned(),
-                    message: "not running (disabled in the config)".into(),
-                }),
+                _ => Ok(None),
             },
         }
     }
 
-    /// Starts a stopped or failed process (a start by hand also closes its breaker).
+    fn managed(&self, id: &str, create: bool) -> Result<ProcessHandle, ControlError> {
+        self.handle_for(id, create)?
+            .ok_or_else(|| ControlError::Conflict {
+                id: id.to_owned(),
+                message: "not running (disabled in the config)".into(),
+            })
+    }
+
+    /// Starts a stopped or failed process (a start by hand also closes its breaker and
+    /// clears a stopped-by-hand mark).
     pub async fn start_process(&self, id: &str) -> Result<(), ControlError> {
-        self.handle_for(id, true)?.start().await?;
-        self.remember_stopped_by_hand(id, false);
-        Ok(())
+        self.managed(id, true)?.start().await
     }
 
     /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL
-    /// to the whole tree at once (and ends a graceful stop already in progress).
+    /// to the whole tree at once (and ends a graceful stop already in progress). The
+    /// process stays stopped, across manager restarts too, until started by hand.
     pub async fn stop_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
-        match self.handle_for(id, false) {
+        match self.handle_for(id, false)? {
+            Some(handle) => handle.stop(force).await,
             // A disabled process that was never started is already stopped.
-            Err(ControlError::Conflict { message, .. }) if message.starts_with("not running") => {
-                Ok(())
-            }
-            other => {
-                other?.stop(force).await?;
-                self.remember_stopped_by_hand(id, true);
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 
     /// Stops (if running) and starts again; `force` ignores an open breaker.
     pub async fn restart_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
-        self.handle_for(id, true)?.restart(force).await?;
-        self.remember_stopped_by_hand(id, false);
-        Ok(())
+        self.managed(id, true)?.restart(force).await
     }
 
     /// Applies a new set of definitions: starts added ones, stops removed ones, restarts
-    /// changed ones and leaves the rest untouched (same PID).
+    /// changed ones and leaves the rest untouched (same PID). A changed process's old
+    /// tree is gone before its new definition starts, whatever else arrives meanwhile
+    /// (the supervisor holds it); a removed process stays listed (`stopping`) until its
+    /// tree is gone.
     pub async fn reload(&self, definitions: Vec<ProcessDefinition>) -> ReloadDiff {
         let guard = self.inner.reconfigure.lock().await;
         if *guard {
             return ReloadDiff::default();
         }
+        let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
         let mut diff = ReloadDiff::default();
-        let mut retired = Vec::new();
+        let mut work = JoinSet::new();
         let mut to_start = Vec::new();
+        // Entries whose supervisor ends: (id, what replaces the entry afterwards).
+        let mut ending: Vec<(ProcessHandle, Option<Entry>)> = Vec::new();
         {
             let mut entries = self.entries();
             let mut old: Vec<Entry> = std::mem::take(&mut *entries);
             for def in definitions {
-                match old.iter().position(|e| e.def.id == def.id) {
-                    Some(i) if *old[i].def == def => {
-                        diff.unchanged.push(def.id.clone());
-                        entries.push(old.remove(i));
+                let Some(i) = old.iter().position(|e| e.def.id == def.id) else {
+                    diff.added.push(def.id.clone());
+                    let entry = self.supervise(def);
+                    to_start.extend(self.to_start(&entry));
+                    entries.push(entry);
+                    continue;
+                };
+                let entry = old.remove(i);
+                if *entry.def == def {
+                    diff.unchanged.push(def.id.clone());
+                    entries.push(entry);
+                    continue;
+                }
+                diff.changed.push(def.id.clone());
+                match (entry.supervision, supervised(&def).cloned()) {
+                    // Same supervisor, new definition: it stops the old run first.
+                    (Supervision::Managed(h), Some(control)) => {
+                        let start = !self.held(&def.id);
+                        let (handle, new_def) = (h.clone(), def.clone());
+                        work.spawn(async move {
+                            if let Err(e) = handle.replace(new_def, control, start).await {
+                                tracing::warn!(id = handle.id(), "reload: {e}");
+                            }
+                        });
+                        entries.push(Entry {
+                            def: Arc::new(def),
+                            supervision: Supervision::Managed(h),
+                        });
                     }
-                    Some(i) => {
-                        diff.changed.push(def.id.clone());
-                        retired.push(old.remove(i));
-                        let entry = self.supervise(def);
-                        if let Some(h) = self.to_start(&entry) {
-                            to_start.push(h);
-                        }
-                        entries.push(entry);
+                    // Now disabled or unmanaged: the old supervisor ends, then the entry
+                    // becomes idle.
+                    (Supervision::Managed(h), None) => {
+                        entries.push(Entry {
+                            def: entry.def,
+                            supervision: Supervision::Managed(h.clone()),
+                        });
+                        ending.push((h, Some(self.supervise(def))));
                     }
-                    None => {
-                        diff.added.push(def.id.clone());
+                    (Supervision::Idle(_), _) => {
                         let entry = self.supervise(def);
-                        if let Some(h) = self.to_start(&entry) {
-                            to_start.push(h);
-                        }
+                        to_start.extend(self.to_start(&entry));
                         entries.push(entry);
                     }
                 }
             }
-            diff.removed = old.iter().map(|e| e.def.id.clone()).collect();
-            retired.extend(old);
+            for entry in old {
+                diff.removed.push(entry.def.id.clone());
+                if let Supervision::Managed(h) = &entry.supervision {
+                    // Stays listed while its tree is stopped.
+                    ending.push((h.clone(), None));
+                    entries.push(entry);
+                }
+            }
         }
-        // Old supervisors stop their trees before the replacements start, so a changed
-        // process never runs twice at once.
-        let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
-        stop_all(retired, deadline).await;
-        for handle in to_start {
-            if let Err(e) = handle.start().await {
-                tracing::error!(id = handle.id(), "start failed: {e}");
+        for (handle, _) in &ending {
+            let handle = handle.clone();
+            work.spawn(async move {
+                if let Err(e) = handle.end(Ending::Removed, deadline).await {
+                    tracing::warn!(id = handle.id(), "reload: {e}");
+                }
+            });
+        }
+        work.spawn(start_all(to_start, "reload: added"));
+        while work.join_next().await.is_some() {}
+        {
+            let mut entries = self.entries();
+            for (handle, replacement) in ending {
+                let Some(i) = entries.iter().position(|e| {
+                    matches!(&e.supervision, Supervision::Managed(h) if h.same_supervisor(&handle))
+                }) else {
+                    continue;
+                };
+                match replacement {
+                    Some(new) => entries[i] = new,
+                    None => {
+                        entries.remove(i);
+                    }
+                }
             }
         }
         self.inner.events.emit(
@@ -435,6 +492,9 @@ impl ProcessManager {
             .collect();
         *self.entries() = statuses;
         stop_all(entries, deadline).await;
+        // PID-file removals and state.json reach the disk before the manager exits.
+        let writer = self.inner.ctx.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         hsu_process::reap_orphans();
         self.inner.reaper.abort();
         if let Some(sampler) = lock(&self.inner.sampler).take() {
@@ -456,19 +516,40 @@ fn status_of(e: &Entry) -> ProcessStatus {
     }
 }
 
-/// Shuts the supervisors of `entries` down in parallel.
+/// Ends the supervisors of `entries` in parallel (each stop bounded by `deadline`).
 async fn stop_all(entries: Vec<Entry>, deadline: Instant) {
     let mut stops = JoinSet::new();
     for entry in entries {
         if let Supervision::Managed(handle) = entry.supervision {
             stops.spawn(async move {
-                if let Err(e) = handle.shutdown(deadline).await {
+                if let Err(e) = handle.end(Ending::Shutdown, deadline).await {
                     tracing::warn!(id = handle.id(), "shutdown: {e}");
                 }
             });
         }
     }
     while stops.join_next().await.is_some() {}
+}
+
+/// Starts `handles` in parallel, as the manager's own decision.
+async fn start_all(handles: Vec<ProcessHandle>, why: &'static str) {
+    let mut starts = JoinSet::new();
+    for handle in handles {
+        starts.spawn(async move {
+            if let Err(e) = handle.launch(why).await {
+                tracing::error!(id = handle.id(), "start failed: {e}");
+            }
+        });
+    }
+    while starts.join_next().await.is_some() {}
+}
+
+/// The control spec of a definition the manager supervises: managed and enabled.
+fn supervised(def: &ProcessDefinition) -> Option<&ControlSpec> {
+    match (&def.control, def.process_type.is_managed(), def.enabled) {
+        (Some(control), true, true) => Some(control),
+        _ => None,
+    }
 }
 
 /// The reason shown for a process kept stopped because an operator stopped it.

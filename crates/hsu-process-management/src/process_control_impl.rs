@@ -1,20 +1,45 @@
-//! One supervisor task per managed process: the owner of its child, its state machine
-//! and its restart bookkeeping.
+//! One supervisor per managed process: a task that owns the process's child, its state
+//! machine and its restart bookkeeping, and runs an event loop that never waits on
+//! anything but its next input.
 //!
-//! The task runs an event loop over four sources: the child's exit (from the kernel), the
-//! restart / cooldown / stability timers, and a control queue. Callers never touch the
-//! process state; they send a [`Command`] and await the reply, and read the latest
-//! [`ProcessStatus`] from a watch channel the task publishes after every event.
+//! # Inputs
+//!
+//! Everything that can change a process arrives as one [`Input`]: a control [`Command`]
+//! (start, stop, restart, replace the definition, end), the child's exit (from the
+//! kernel, through the runtime), a monitor's [`Report`] (health, resources), or a timer
+//! deadline. Exits and reports carry the [`RunId`] of the run they are about: one about an
+//! earlier run arrives late and is ignored.
+//!
+//! # States and their data
+//!
+//! [`Phase`] holds each visible state's data, so that "running without a child" or
+//! "stopping without a deadline" cannot be written: `Running` has its run, `Stopping` has
+//! its [`Teardown`] (the signal sent, the SIGKILL deadline, the callers waiting), `Failed`
+//! has its retry time. `Stopped` and `Failed` may still carry the teardown of *leftovers*:
+//! what a main process left of its tree when it exited on its own (or was stopped for
+//! failing a check), stopped in the background while the state already says why.
+//!
+//! # Nothing blocks
+//!
+//! A stop sends the stop signal and records a deadline; the loop goes on serving
+//! commands and status. When the deadline passes the loop SIGKILLs what is left and
+//! sweeps the tree every few milliseconds until nothing of it is alive. A second stop
+//! joins the first; a forced stop moves the deadline to now. Commands that would start a
+//! new run while an old tree is still being brought down are held in the teardown's
+//! [`Then`] and carried out once it is gone, so two instances never run at once. The only
+//! work done in the loop itself is a spawn and a few `/proc` reads; file writes go to the
+//! background writer.
 
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
-use hsu_common::{EventKind, EventSink, ProcessState};
+use crate::platform::{Platform, Tree};
+use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
 use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::{
     Circuit, ControlError, ControlSpec, LastExit, ProcessControl, ProcessDefinition, ProcessStatus,
     ProcessType,
 };
-use hsu_process::{Child, ExitInfo, SpawnSpec};
-use hsu_process_file::PidFiles;
+use hsu_process::{ExitInfo, SpawnSpec};
+use hsu_process_file::{FileWriter, PidFiles, StateFile};
 use hsu_process_state::StateMachine;
 use std::fs::File;
 use std::sync::Arc;
@@ -22,10 +47,26 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-/// What every supervisor shares: where events go and where files live.
+/// After SIGKILL, how long the tree is swept before what survives is reported.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often a tree being brought down is checked while members other than the main
+/// process (whose exit the kernel reports) remain.
+const SWEEP_FAST: Duration = Duration::from_millis(20);
+/// The check interval after the first second of a long wait.
+const SWEEP_SLOW: Duration = Duration::from_millis(100);
+
+/// What every supervisor shares: the platform, where events go and where files live.
 pub struct Context {
+    /// Where journal events go.
     pub events: Arc<dyn EventSink>,
+    /// Spawning, signalling and listing trees.
+    pub platform: Arc<dyn Platform>,
+    /// Where `pids/<id>.pid` and `.port` live.
     pub pid_files: PidFiles,
+    /// The background writer for PID files and `state.json`.
+    pub writer: FileWriter,
+    /// `state.json`: the "stopped by hand" marks, set in the order commands are applied.
+    pub durable: Arc<StateFile>,
     /// Where the children's stdout/stderr are captured.
     pub capture: CaptureFiles,
     /// Prefix of the owner tag exported to every process tree (the base directory).
@@ -41,26 +82,110 @@ impl Context {
 
 type Reply = oneshot::Sender<Result<(), ControlError>>;
 
+/// Identifies one run (one spawn) of a process; reports name the run they are about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunId(pub u64);
+
+/// Why a supervisor is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The manager shuts down.
+    Shutdown,
+    /// A reload removed the process from the config.
+    Removed,
+}
+
+impl Ending {
+    fn reason(self) -> &'static str {
+        match self {
+            Ending::Shutdown => "manager shutting down",
+            Ending::Removed => "reload: removed from the config",
+        }
+    }
+}
+
+/// A control request. Each carries the channel its outcome is sent on.
 enum Command {
-    Start(Reply),
-    Stop(Reply),
-    Restart {
-        force: bool,
+    /// Start a stopped or failed process. `by_hand` clears the stopped-by-hand mark and
+    /// closes the breaker.
+    Start {
+        why: String,
+        by_hand: bool,
         reply: Reply,
     },
-    /// Stop (each stop bounded by `deadline`) and end the task.
-    Shutdown {
+    /// Stop; `force` SIGKILLs the tree at once (also ending a graceful stop in progress).
+    Stop { force: bool, reply: Reply },
+    /// Stop if running, then start; `force` ignores an open breaker.
+    Restart { force: bool, reply: Reply },
+    /// A reload changed the definition: stop the old run, then start the new definition
+    /// when `start`.
+    Replace {
+        def: Box<ProcessDefinition>,
+        control: Box<ControlSpec>,
+        start: bool,
+        reply: Reply,
+    },
+    /// Stop (the stop bounded by `deadline`) and end the supervisor.
+    End {
+        why: Ending,
         deadline: Instant,
         reply: Reply,
     },
 }
 
-/// The caller's side of one supervisor task.
+/// What a monitor (health checks, resource limits) tells the supervisor about a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Health checks failed past their threshold: restart under the health budget.
+    Unhealthy {
+        /// What failed, in words.
+        reason: String,
+    },
+    /// A resource limit with policy `restart` was exceeded: restart under the resource
+    /// budget.
+    LimitExceeded {
+        /// Which limit and by how much, in words.
+        reason: String,
+    },
+}
+
+/// One input of the loop. The loop handles exactly one at a time, to completion.
+enum Input {
+    Command(Command),
+    Exited {
+        run: RunId,
+        exit: std::io::Result<ExitInfo>,
+    },
+    Report {
+        run: RunId,
+        report: Report,
+    },
+    /// The earliest deadline of the current phase has passed.
+    Timer,
+}
+
+/// What callers send: commands and reports (exits come from the supervisor's own
+/// waiters on a channel of their own).
+enum Message {
+    Command(Command),
+    Report { run: RunId, report: Report },
+}
+
+/// What the supervisor publishes after every input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The status as the API shows it.
+    pub status: ProcessStatus,
+    /// The current run, while a main process runs.
+    pub run: Option<RunId>,
+}
+
+/// The caller's side of one supervisor task. Cheap to clone.
 #[derive(Clone)]
 pub struct ProcessHandle {
     id: String,
-    commands: mpsc::Sender<Command>,
-    status: watch::Receiver<ProcessStatus>,
+    messages: mpsc::UnboundedSender<Message>,
+    status: watch::Receiver<Published>,
 }
 
 impl ProcessHandle {
@@ -72,53 +197,104 @@ impl ProcessHandle {
         ctx: Arc<Context>,
         reason: &str,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let mut initial = ProcessStatus::new(&def.id, def.process_type);
         initial.reason = reason.to_owned();
-        let (status_tx, status_rx) = watch::channel(initial);
+        let (status_tx, status_rx) = watch::channel(Published {
+            status: initial,
+            run: None,
+        });
         let supervisor = Supervisor {
             machine: StateMachine::stopped_because(&def.id, reason),
             tracker: RestartTracker::new(control.restart_policy, control.restart.clone()),
+            tag: ctx.tag(&def.id),
             def,
             control,
             ctx,
-            child: None,
-            restart_at: None,
-            cooldown_at: None,
-            stable_at: None,
+            phase: Phase::Stopped { leftovers: None },
+            runs: 0,
+            replacement: None,
             restart_count: 0,
-            started_at: None,
             last_exit: None,
-            next_restart_at: None,
+            exits: exit_tx,
             status_tx,
+            ended: false,
         };
         let id = supervisor.def.id.clone();
-        tokio::spawn(supervisor.run(rx));
+        tokio::spawn(supervisor.run(rx, exit_rx));
         ProcessHandle {
             id,
-            commands: tx,
+            messages: tx,
             status: status_rx,
         }
     }
 
+    /// Whether both handles reach the same supervisor task.
+    pub fn same_supervisor(&self, other: &ProcessHandle) -> bool {
+        self.messages.same_channel(&other.messages)
+    }
+
     /// A status watch, for callers that want to await changes.
-    pub fn watch(&self) -> watch::Receiver<ProcessStatus> {
+    pub fn watch(&self) -> watch::Receiver<Published> {
         self.status.clone()
+    }
+
+    /// The current run, while a main process runs (monitors name it in their reports).
+    pub fn current_run(&self) -> Option<RunId> {
+        self.status.borrow().run
+    }
+
+    /// Hands a monitor's report to the supervisor; one about an earlier run is ignored.
+    pub fn report(&self, run: RunId, report: Report) {
+        let _ = self.messages.send(Message::Report { run, report });
     }
 
     async fn call(&self, make: impl FnOnce(Reply) -> Command) -> Result<(), ControlError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .await
+        self.messages
+            .send(Message::Command(make(reply)))
             .map_err(|_| ControlError::Gone(self.id.clone()))?;
         rx.await.map_err(|_| ControlError::Gone(self.id.clone()))?
     }
 
-    /// Stops the process (each stop bounded by `deadline`) and ends the supervisor.
-    pub async fn shutdown(&self, deadline: Instant) -> Result<(), ControlError> {
-        self.call(|reply| Command::Shutdown { deadline, reply })
-            .await
+    /// Starts the process as the manager's own decision (at launch, or added by a
+    /// reload), not an operator's: the stopped-by-hand mark is left alone.
+    pub async fn launch(&self, why: &str) -> Result<(), ControlError> {
+        let why = why.to_owned();
+        self.call(|reply| Command::Start {
+            why,
+            by_hand: false,
+            reply,
+        })
+        .await
+    }
+
+    /// A reload changed the definition: the old run stops (the whole tree gone) before
+    /// the new definition starts, when `start`.
+    pub async fn replace(
+        &self,
+        def: ProcessDefinition,
+        control: ControlSpec,
+        start: bool,
+    ) -> Result<(), ControlError> {
+        self.call(|reply| Command::Replace {
+            def: Box::new(def),
+            control: Box::new(control),
+            start,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the process (the stop bounded by `deadline`) and ends the supervisor.
+    pub async fn end(&self, why: Ending, deadline: Instant) -> Result<(), ControlError> {
+        self.call(|reply| Command::End {
+            why,
+            deadline,
+            reply,
+        })
+        .await
     }
 }
 
@@ -128,15 +304,20 @@ impl ProcessControl for ProcessHandle {
     }
 
     fn status(&self) -> ProcessStatus {
-        self.status.borrow().clone()
+        self.status.borrow().status.clone()
     }
 
     async fn start(&self) -> Result<(), ControlError> {
-        self.call(Command::Start).await
+        self.call(|reply| Command::Start {
+            why: "started by request".into(),
+            by_hand: true,
+            reply,
+        })
+        .await
     }
 
-    async fn stop(&self, _force: bool) -> Result<(), ControlError> {
-        self.call(Command::Stop).await
+    async fn stop(&self, force: bool) -> Result<(), ControlError> {
+        self.call(|reply| Command::Stop { force, reply }).await
     }
 
     async fn restart(&self, force: bool) -> Result<(), ControlError> {
@@ -144,39 +325,122 @@ impl ProcessControl for ProcessHandle {
     }
 }
 
+/// One spawn of the process, while its main process lives.
+#[derive(Debug, Clone)]
+struct Run {
+    id: RunId,
+    pid: u32,
+    started_at: SystemTime,
+    /// When the run will have been up `reset_after` (forgets earlier failures); `None`
+    /// once that has happened.
+    stable_at: Option<Instant>,
+}
+
+/// A restart waiting for its time.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    wall: SystemTime,
+    /// The trial start of an open breaker (half-open), not a backoff restart.
+    trial: bool,
+}
+
+/// What happens once a teardown has brought the whole tree down.
+enum Then {
+    /// Nothing: the process stays where it is (stopped, or failed waiting to restart).
+    Stay,
+    /// Start a new run; the replies are sent once it has been spawned.
+    Start {
+        why: String,
+        reset: bool,
+        replies: Vec<Reply>,
+    },
+    /// End the supervisor; the replies are sent as it ends.
+    End { replies: Vec<Reply> },
+}
+
+/// A tree being brought down: the stop signal has been sent; SIGKILL follows at
+/// `kill_at`; done when the main process's exit is known and nothing of the tree lives.
+struct Teardown {
+    run: Run,
+    /// The main process's exit, once the kernel reported it.
+    exit: Option<ExitInfo>,
+    why: String,
+    began: Instant,
+    kill_at: Instant,
+    killed_at: Option<Instant>,
+    /// When to look at the tree next (while members other than the main process remain,
+    /// or after SIGKILL).
+    check_at: Option<Instant>,
+    /// Stop callers, answered when the tree is gone.
+    waiters: Vec<Reply>,
+    then: Then,
+}
+
+/// Each visible state with the data only it has (see the module docs).
+enum Phase {
+    Stopped {
+        leftovers: Option<Teardown>,
+    },
+    Running(Run),
+    Stopping(Teardown),
+    Failed {
+        retry: Option<Retry>,
+        leftovers: Option<Teardown>,
+    },
+}
+
+impl Phase {
+    fn teardown_mut(&mut self) -> Option<&mut Teardown> {
+        match self {
+            Phase::Stopping(t) => Some(t),
+            Phase::Stopped { leftovers } | Phase::Failed { leftovers, .. } => leftovers.as_mut(),
+            Phase::Running(_) => None,
+        }
+    }
+
+    fn teardown(&self) -> Option<&Teardown> {
+        match self {
+            Phase::Stopping(t) => Some(t),
+            Phase::Stopped { leftovers } | Phase::Failed { leftovers, .. } => leftovers.as_ref(),
+            Phase::Running(_) => None,
+        }
+    }
+}
+
 struct Supervisor {
     def: ProcessDefinition,
     control: ControlSpec,
     ctx: Arc<Context>,
+    tag: String,
     machine: StateMachine,
+    phase: Phase,
     tracker: RestartTracker,
-    child: Option<Child>,
-    /// A scheduled automatic restart.
-    restart_at: Option<Instant>,
-    /// When an open breaker makes its trial start.
-    cooldown_at: Option<Instant>,
-    /// When the running process will have been up `reset_after`.
-    stable_at: Option<Instant>,
+    /// Runs spawned so far (the next run's id).
+    runs: u64,
+    /// A definition from a reload, applied once the old run is gone.
+    replacement: Option<Box<(ProcessDefinition, ControlSpec)>>,
+    /// Automatic restarts since the manager started supervising it.
     restart_count: u32,
-    started_at: Option<SystemTime>,
     last_exit: Option<LastExit>,
-    next_restart_at: Option<SystemTime>,
-    status_tx: watch::Sender<ProcessStatus>,
+    /// Where the exit waiters send.
+    exits: mpsc::UnboundedSender<(RunId, std::io::Result<ExitInfo>)>,
+    status_tx: watch::Sender<Published>,
+    /// Set when the supervisor has finished its last teardown and must return.
+    ended: bool,
 }
 
-/// Resolves at `at`, or never when there is no timer.
-async fn timer(at: Option<Instant>) {
+/// Resolves at `at`, or never when there is no deadline.
+async fn deadline(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-/// Resolves when the child exits, or never when there is none.
-async fn exit_of(child: &mut Option<Child>) -> std::io::Result<ExitInfo> {
-    match child {
-        Some(c) => c.wait().await,
-        None => std::future::pending().await,
+fn answer(replies: Vec<Reply>, result: &Result<(), ControlError>) {
+    for r in replies {
+        let _ = r.send(result.clone());
     }
 }
 
@@ -185,96 +449,389 @@ impl Supervisor {
         &self.def.id
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        loop {
-            tokio::select! {
-                exit = exit_of(&mut self.child) => self.on_exit(exit).await,
-                () = timer(self.restart_at) => {
-                    self.restart_at = None;
-                    self.restart_count += 1;
-                    self.start_child("restart after backoff");
-                }
-                () = timer(self.cooldown_at) => {
-                    self.cooldown_at = None;
-                    self.tracker.on_cooldown_elapsed();
-                    self.restart_count += 1;
-                    self.start_child("circuit half-open: trial start after cooldown");
-                }
-                () = timer(self.stable_at) => {
-                    self.stable_at = None;
-                    if self.tracker.on_stable(Instant::now().into_std()) {
-                        self.emit(EventKind::CircuitClosed {
-                            reason: format!("up for {}", humantime::format_duration(self.tracker.tuning().reset_after)),
-                        });
-                    }
-                }
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => {
-                        let last = matches!(cmd, Command::Shutdown { .. });
-                        let (reply, result) = self.handle(cmd).await;
-                        self.publish();
-                        let _ = reply.send(result);
-                        if last {
-                            return;
-                        }
-                    }
+    async fn run(
+        mut self,
+        mut messages: mpsc::UnboundedReceiver<Message>,
+        mut exits: mpsc::UnboundedReceiver<(RunId, std::io::Result<ExitInfo>)>,
+    ) {
+        self.publish();
+        let mut callers_gone = false;
+        while !self.ended {
+            let wake = self.next_deadline();
+            let input = tokio::select! {
+                // Exits first: a command that arrives with an exit must see the exit.
+                biased;
+                Some((run, exit)) = exits.recv() => Input::Exited { run, exit },
+                msg = messages.recv(), if !callers_gone => match msg {
+                    Some(Message::Command(c)) => Input::Command(c),
+                    Some(Message::Report { run, report }) => Input::Report { run, report },
                     None => {
-                        self.stop_child(None, "manager shutting down").await;
-                        self.publish();
-                        return;
+                        // Every handle is gone: nobody can stop the process any more.
+                        callers_gone = true;
+                        let (reply, _) = oneshot::channel();
+                        let deadline = Instant::now() + self.control.graceful_timeout;
+                        Input::Command(Command::End { why: Ending::Shutdown, deadline, reply })
                     }
                 },
-            }
+                () = deadline(wake) => Input::Timer,
+            };
+            self.step(input, Instant::now());
             self.publish();
         }
     }
 
-    /// Carries out a command; the caller publishes the new status, then replies, so a
-    /// caller that reads status after the reply sees the command's effect.
-    async fn handle(&mut self, cmd: Command) -> (Reply, Result<(), ControlError>) {
-        match cmd {
-            Command::Start(reply) => {
-                if matches!(
-                    self.machine.state(),
-                    ProcessState::Stopped | ProcessState::Failed
-                ) {
-                    self.tracker.reset();
-                    self.start_child("started by request");
+    /// The whole behaviour: one input, in the current phase.
+    fn step(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Command(c) => self.on_command(c, now),
+            Input::Exited { run, exit } => self.on_exit(run, exit, now),
+            Input::Report { run, report } => self.on_report(run, report, now),
+            Input::Timer => self.on_timer(now),
+        }
+        // A deadline the input made due (a forced stop, an exit that may have emptied
+        // the tree) is acted on at once.
+        if self.next_deadline().is_some_and(|at| at <= now) {
+            self.on_timer(now);
+        }
+    }
+
+    /// The earliest moment the loop must act without an input.
+    fn next_deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Running(run) => run.stable_at,
+            Phase::Stopping(t) | Phase::Stopped { leftovers: Some(t) } => Some(t.next_deadline()),
+            Phase::Failed {
+                leftovers: Some(t), ..
+            } => Some(t.next_deadline()),
+            Phase::Failed {
+                retry,
+                leftovers: None,
+            } => retry.map(|r| r.at),
+            Phase::Stopped { leftovers: None } => None,
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------
+
+    fn on_command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Start {
+                why,
+                by_hand,
+                reply,
+            } => {
+                if by_hand {
+                    self.ctx.durable.set_stopped_by_hand(self.id(), false);
                 }
-                (reply, Ok(()))
+                self.request_start(why, by_hand, reply, now);
             }
-            Command::Stop(reply) => {
-                self.stop_child(None, "stopped by request").await;
-                (reply, Ok(()))
+            Command::Stop { force, reply } => {
+                self.ctx.durable.set_stopped_by_hand(self.id(), true);
+                self.request_stop("stopped by request", force, reply, now);
             }
             Command::Restart { force, reply } => {
                 if self.tracker.circuit() == Circuit::Open && !force {
-                    let refused = ControlError::Conflict {
+                    let _ = reply.send(Err(ControlError::Conflict {
                         id: self.id().to_owned(),
                         message: "circuit breaker is open; restart with --force to override".into(),
-                    };
-                    return (reply, Err(refused));
+                    }));
+                    return;
                 }
+                self.ctx.durable.set_stopped_by_hand(self.id(), false);
                 if force {
                     self.tracker.reset();
                 }
-                self.stop_child(None, "restart requested").await;
-                self.start_child("restarted by request");
-                (reply, Ok(()))
+                match &mut self.phase {
+                    Phase::Running(_) => {
+                        let then = Then::Start {
+                            why: "restarted by request".into(),
+                            reset: false,
+                            replies: vec![reply],
+                        };
+                        self.begin_stop("restart requested", then, false, now);
+                    }
+                    _ => self.request_start("restarted by request".into(), false, reply, now),
+                }
             }
-            Command::Shutdown { deadline, reply } => {
-                self.stop_child(Some(deadline), "manager shutting down")
-                    .await;
-                (reply, Ok(()))
+            Command::Replace {
+                def,
+                control,
+                start,
+                reply,
+            } => {
+                const WHY: &str = "reload: definition changed";
+                self.replacement = Some(Box::new((*def, *control)));
+                match &mut self.phase {
+                    Phase::Running(_) => {
+                        let then = if start {
+                            Then::Start {
+                                why: WHY.into(),
+                                reset: true,
+                                replies: vec![reply],
+                            }
+                        } else {
+                            Then::Stay
+                        };
+                        self.begin_stop(WHY, then, false, now);
+                    }
+                    _ if start => self.request_start(WHY.into(), true, reply, now),
+                    // Not to be started: the new definition waits for the old tree (if
+                    // any) to be gone, and a failed process is stopped.
+                    Phase::Failed { .. } => self.request_stop(WHY, false, reply, now),
+                    phase => match phase.teardown_mut() {
+                        Some(t) => t.waiters.push(reply),
+                        None => {
+                            self.absorb_replacement();
+                            let _ = reply.send(Ok(()));
+                        }
+                    },
+                }
+            }
+            Command::End {
+                why,
+                deadline,
+                reply,
+            } => self.request_end(why, deadline, reply, now),
+        }
+    }
+
+    fn request_start(&mut self, why: String, reset: bool, reply: Reply, now: Instant) {
+        let gone = self.gone_error();
+        match &mut self.phase {
+            Phase::Running(_) => {
+                let _ = reply.send(Ok(()));
+            }
+            Phase::Stopped { leftovers: None }
+            | Phase::Failed {
+                leftovers: None, ..
+            } => {
+                if reset {
+                    self.tracker.reset();
+                }
+                self.start_child(&why, now);
+                let _ = reply.send(Ok(()));
+            }
+            Phase::Stopping(t)
+            | Phase::Stopped { leftovers: Some(t) }
+            | Phase::Failed {
+                leftovers: Some(t), ..
+            } => match &mut t.then {
+                // Held until the old tree is gone: never two instances at once.
+                Then::Start { replies, .. } => replies.push(reply),
+                Then::Stay => {
+                    t.then = Then::Start {
+                        why,
+                        reset,
+                        replies: vec![reply],
+                    }
+                }
+                Then::End { .. } => {
+                    let _ = reply.send(Err(gone));
+                }
+            },
+        }
+    }
+
+    fn request_stop(&mut self, why: &str, force: bool, reply: Reply, now: Instant) {
+        if let Phase::Failed { leftovers, .. } = &mut self.phase {
+            // Waiting to restart (or given up): stopped from here, leftovers included.
+            let leftovers = leftovers.take();
+            self.enter(Phase::Stopped { leftovers }, why);
+        }
+        match &mut self.phase {
+            Phase::Running(_) => {
+                self.begin_stop(why, Then::Stay, force, now);
+                if let Phase::Stopping(t) = &mut self.phase {
+                    t.waiters.push(reply);
+                }
+            }
+            Phase::Stopped { leftovers: None } => {
+                self.absorb_replacement();
+                let _ = reply.send(Ok(()));
+            }
+            Phase::Stopping(t)
+            | Phase::Stopped { leftovers: Some(t) }
+            | Phase::Failed {
+                leftovers: Some(t), ..
+            } => {
+                // Join the stop in progress; a start that was waiting for it is cancelled
+                // by this later stop (its callers learn the outcome: stopped).
+                if let Then::Start { replies, .. } = std::mem::replace(&mut t.then, Then::Stay) {
+                    answer(replies, &Ok(()));
+                } else if let Then::End { .. } = &t.then {
+                    // Ending anyway: the tree goes, which is what this caller asked.
+                }
+                t.waiters.push(reply);
+                if force {
+                    t.force(now);
+                }
+            }
+            Phase::Failed {
+                leftovers: None, ..
+            } => unreachable!("failed moved to stopped above"),
+        }
+    }
+
+    fn request_end(&mut self, why: Ending, deadline: Instant, reply: Reply, now: Instant) {
+        if let Phase::Failed { leftovers, .. } = &mut self.phase {
+            let leftovers = leftovers.take();
+            self.enter(Phase::Stopped { leftovers }, why.reason());
+        }
+        let gone = self.gone_error();
+        match &mut self.phase {
+            Phase::Running(_) => {
+                let then = Then::End {
+                    replies: vec![reply],
+                };
+                self.begin_stop(why.reason(), then, false, now);
+                if let Some(t) = self.phase.teardown_mut() {
+                    t.kill_at = t.kill_at.min(deadline);
+                }
+            }
+            Phase::Stopped { leftovers: None }
+            | Phase::Failed {
+                leftovers: None, ..
+            } => {
+                self.ended = true;
+                let _ = reply.send(Ok(()));
+            }
+            Phase::Stopping(t)
+            | Phase::Stopped { leftovers: Some(t) }
+            | Phase::Failed {
+                leftovers: Some(t), ..
+            } => {
+                t.kill_at = t.kill_at.min(deadline);
+                match std::mem::replace(&mut t.then, Then::Stay) {
+                    Then::Start { replies, .. } => answer(replies, &Err(gone)),
+                    Then::End { mut replies } => {
+                        replies.push(reply);
+                        t.then = Then::End { replies };
+                        return;
+                    }
+                    Then::Stay => {}
+                }
+                t.then = Then::End {
+                    replies: vec![reply],
+                };
             }
         }
     }
 
-    fn emit(&self, kind: EventKind) {
-        self.ctx.events.emit(Some(self.id()), kind);
+    fn on_exit(&mut self, run: RunId, exit: std::io::Result<ExitInfo>, now: Instant) {
+        let exit = exit.unwrap_or_else(|e| {
+            tracing::error!(id = self.id(), "waiting for the process failed: {e}");
+            ExitInfo {
+                code: None,
+                signal: None,
+            }
+        });
+        match &mut self.phase {
+            Phase::Running(r) if r.id == run => {
+                let r = r.clone();
+                self.record_exit(exit);
+                let decision = self
+                    .tracker
+                    .on_exit(now.into_std(), Trigger::Exit, exit.success());
+                let what = exit.to_string();
+                let leftovers = self.leftovers_of(r, Some(exit), &what, now);
+                self.fail_or_stop(decision, what, leftovers, now);
+            }
+            _ => {
+                let is_ours = self
+                    .phase
+                    .teardown()
+                    .is_some_and(|t| t.run.id == run && t.exit.is_none());
+                if is_ours {
+                    self.record_exit(exit);
+                    if let Some(t) = self.phase.teardown_mut() {
+                        t.exit = Some(exit);
+                        t.check_at = Some(now);
+                    }
+                } else {
+                    tracing::debug!(id = self.id(), ?run, "exit of an earlier run ignored");
+                }
+            }
+        }
     }
 
-    fn transition(&mut self, to: ProcessState, reason: impl Into<String>) {
+    fn on_report(&mut self, run: RunId, report: Report, now: Instant) {
+        let Phase::Running(r) = &self.phase else {
+            tracing::debug!(id = self.id(), ?run, "report on a run that is over ignored");
+            return;
+        };
+        if r.id != run {
+            tracing::debug!(id = self.id(), ?run, "report on an earlier run ignored");
+            return;
+        }
+        let r = r.clone();
+        let (trigger, what) = match report {
+            Report::Unhealthy { reason } => (Trigger::HealthFailure, reason),
+            Report::LimitExceeded { reason } => (Trigger::ResourceViolation, reason),
+        };
+        tracing::warn!(id = self.id(), "{what}");
+        let decision = self.tracker.on_exit(now.into_std(), trigger, false);
+        // The main process still runs: the whole tree is stopped as leftovers while the
+        // state already says why.
+        let leftovers = self.leftovers_of(r, None, &what, now);
+        self.fail_or_stop(decision, what, leftovers, now);
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Running(run) => {
+                if run.stable_at.is_some_and(|at| at <= now) {
+                    run.stable_at = None;
+                    if self.tracker.on_stable(now.into_std()) {
+                        let up = humantime::format_duration(self.tracker.tuning().reset_after);
+                        self.emit(EventKind::CircuitClosed {
+                            reason: format!("up for {up}"),
+                        });
+                    }
+                }
+            }
+            Phase::Failed {
+                retry: Some(retry),
+                leftovers: None,
+            } => {
+                let retry = *retry;
+                if retry.at <= now {
+                    let why = if retry.trial {
+                        self.tracker.on_cooldown_elapsed();
+                        "circuit half-open: trial start after cooldown"
+                    } else {
+                        "restart after backoff"
+                    };
+                    self.restart_count += 1;
+                    self.start_child(why, now);
+                }
+            }
+            Phase::Stopped { leftovers: None }
+            | Phase::Failed {
+                retry: None,
+                leftovers: None,
+            } => {}
+            Phase::Stopping(_) | Phase::Stopped { .. } | Phase::Failed { .. } => {
+                let platform = self.ctx.platform.clone();
+                let Some(t) = self.phase.teardown_mut() else {
+                    return;
+                };
+                if let Some(survivors) = t.check(now, platform.as_ref(), &self.tag) {
+                    self.finish_teardown(survivors, now);
+                }
+            }
+        }
+    }
+
+    // ---- moves -------------------------------------------------------------------
+
+    /// Moves the state machine to `phase`'s state (one journal event) and takes the phase.
+    fn enter(&mut self, phase: Phase, reason: impl Into<String>) {
+        let to = match &phase {
+            Phase::Stopped { .. } => ProcessState::Stopped,
+            Phase::Running(_) => ProcessState::Running,
+            Phase::Stopping(_) => ProcessState::Stopping,
+            Phase::Failed { .. } => ProcessState::Failed,
+        };
         if let Err(e) = self
             .machine
             .transition(to, reason, self.ctx.events.as_ref())
@@ -282,13 +839,300 @@ impl Supervisor {
             // A refused transition is a supervisor bug; say so loudly and keep going.
             tracing::error!("{e}");
         }
+        self.phase = phase;
     }
 
-    fn clear_timers(&mut self) {
-        self.restart_at = None;
-        self.cooldown_at = None;
-        self.stable_at = None;
-        self.next_restart_at = None;
+    /// Running → stopping: the stop signal (SIGKILL when `force`) goes to the tree and
+    /// the loop waits for it to go.
+    fn begin_stop(&mut self, why: &str, then: Then, force: bool, now: Instant) {
+        let Phase::Running(run) = &self.phase else {
+            return;
+        };
+        let run = run.clone();
+        let mut t = Teardown::new(run, None, why, then, now, self.control.graceful_timeout);
+        if force {
+            // SIGKILL goes out at once, from the check that follows this input.
+            t.force(now);
+        } else {
+            self.ctx
+                .platform
+                .signal_tree(t.tree(&self.tag), self.control.stop_signal);
+        }
+        tracing::info!(id = self.id(), pid = t.run.pid, "stopping: {why}");
+        self.enter(Phase::Stopping(t), why);
+    }
+
+    /// What is left of a run's tree after its main process ended (or must end), as a
+    /// teardown that has already sent the stop signal; `None` when nothing is left.
+    fn leftovers_of(
+        &mut self,
+        run: Run,
+        exit: Option<ExitInfo>,
+        what: &str,
+        now: Instant,
+    ) -> Option<Teardown> {
+        let t = Teardown::new(
+            run,
+            exit,
+            what,
+            Then::Stay,
+            now,
+            self.control.graceful_timeout,
+        );
+        let tree = t.tree(&self.tag);
+        if exit.is_some() && self.ctx.platform.tree(tree).is_empty() {
+            return None;
+        }
+        self.ctx
+            .platform
+            .signal_tree(tree, self.control.stop_signal);
+        Some(t)
+    }
+
+    /// After a run ended (exit, or a failed check): stopped or failed as the restart
+    /// policy decided, with the restart scheduled.
+    fn fail_or_stop(
+        &mut self,
+        decision: Decision,
+        what: String,
+        leftovers: Option<Teardown>,
+        now: Instant,
+    ) {
+        let cleanup = match &leftovers {
+            Some(_) => "; stopping what it left of its tree",
+            None => "",
+        };
+        match decision {
+            Decision::Stay { completed: true } => self.enter(
+                Phase::Stopped { leftovers },
+                format!("completed ({what}){cleanup}"),
+            ),
+            Decision::Stay { completed: false } => {
+                let policy = self.control.restart_policy.as_str();
+                self.enter(
+                    Phase::Failed {
+                        retry: None,
+                        leftovers,
+                    },
+                    format!("{what}; restart policy {policy} does not restart it{cleanup}"),
+                )
+            }
+            Decision::Restart {
+                delay,
+                attempt,
+                trigger,
+            } => {
+                let after = humantime::format_duration(round_ms(delay));
+                tracing::info!(id = self.id(), "{what}; restart {attempt} in {after}");
+                let retry = Retry {
+                    at: now + delay,
+                    wall: SystemTime::now() + delay,
+                    trial: false,
+                };
+                self.enter(
+                    Phase::Failed {
+                        retry: Some(retry),
+                        leftovers,
+                    },
+                    format!("{what}{cleanup}"),
+                );
+                self.emit(EventKind::RestartScheduled {
+                    delay_ms: delay.as_millis() as u64,
+                    attempt,
+                    trigger: trigger.as_str().into(),
+                });
+            }
+            Decision::OpenCircuit { restarts, cooldown } => {
+                let retry = cooldown.map(|c| Retry {
+                    at: now + c,
+                    wall: SystemTime::now() + c,
+                    trial: true,
+                });
+                match cooldown {
+                    Some(c) => tracing::warn!(
+                        id = self.id(),
+                        "{what}; circuit open after {restarts} restarts, trial start in {}",
+                        humantime::format_duration(c)
+                    ),
+                    None => tracing::warn!(
+                        id = self.id(),
+                        "{what}; circuit open after {restarts} restarts, waiting for a start by hand"
+                    ),
+                }
+                self.enter(
+                    Phase::Failed { retry, leftovers },
+                    format!("{what}{cleanup}"),
+                );
+                let window = self.tracker.tuning().window;
+                self.emit(EventKind::CircuitOpened {
+                    restarts,
+                    window_ms: window.as_millis() as u64,
+                    cooldown_ms: cooldown.unwrap_or_default().as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    /// The tree is gone (or only unkillable survivors are left): answer the stop callers
+    /// and carry out what was waiting for it.
+    fn finish_teardown(&mut self, survivors: Vec<u32>, now: Instant) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Stopped { leftovers: None });
+        let (t, rest) = match phase {
+            Phase::Stopping(t) => (t, None),
+            Phase::Stopped { leftovers: Some(t) } => (t, Some(Phase::Stopped { leftovers: None })),
+            Phase::Failed {
+                retry,
+                leftovers: Some(t),
+            } => (
+                t,
+                Some(Phase::Failed {
+                    retry,
+                    leftovers: None,
+                }),
+            ),
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
+        let took = humantime::format_duration(round_ms(now.saturating_duration_since(t.began)));
+        let mut how = match (t.killed_at, t.exit) {
+            (Some(_), _) => format!("killed after graceful timeout ({took})"),
+            (None, Some(exit)) => format!("{exit}, in {took}"),
+            (None, None) => format!("in {took}"),
+        };
+        if !survivors.is_empty() {
+            tracing::error!(
+                id = self.id(),
+                "processes {survivors:?} survived SIGKILL (uninterruptible?)"
+            );
+            how.push_str(&format!(
+                "; {} process(es) survived SIGKILL",
+                survivors.len()
+            ));
+        }
+        match rest {
+            // A stop: the visible state moves now.
+            None => self.enter(
+                Phase::Stopped { leftovers: None },
+                format!("{} ({how})", t.why),
+            ),
+            // Leftovers: the state already said why; it stays.
+            Some(phase) => {
+                tracing::info!(id = self.id(), "what was left of the tree is gone ({how})");
+                self.phase = phase;
+            }
+        }
+        answer(t.waiters, &Ok(()));
+        match t.then {
+            Then::Stay => self.absorb_replacement(),
+            Then::Start {
+                why,
+                reset,
+                replies,
+            } => {
+                if reset {
+                    self.tracker.reset();
+                }
+                self.start_child(&why, now);
+                answer(replies, &Ok(()));
+            }
+            Then::End { replies } => {
+                if let Phase::Failed { .. } = self.phase {
+                    self.enter(Phase::Stopped { leftovers: None }, t.why);
+                }
+                self.ended = true;
+                answer(replies, &Ok(()));
+            }
+        }
+    }
+
+    /// Applies a definition a reload left waiting, now that no run of the old one is left.
+    fn absorb_replacement(&mut self) {
+        if let Some(replacement) = self.replacement.take() {
+            let (def, control) = *replacement;
+            self.tracker = RestartTracker::new(control.restart_policy, control.restart.clone());
+            self.def = def;
+            self.control = control;
+        }
+    }
+
+    /// Stopped/Failed (nothing of an old tree left) → Starting → Running, or Failed on a
+    /// spawn error (counted by the breaker like a failed run).
+    fn start_child(&mut self, why: &str, now: Instant) {
+        debug_assert!(self.phase.teardown().is_none() && !matches!(self.phase, Phase::Running(_)));
+        self.absorb_replacement();
+        if let Err(e) =
+            self.machine
+                .transition(ProcessState::Starting, why, self.ctx.events.as_ref())
+        {
+            tracing::error!("{e}");
+        }
+        let spec = self.spawn_spec();
+        match self.ctx.platform.spawn(spec) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                self.runs += 1;
+                let run = RunId(self.runs);
+                let exits = self.exits.clone();
+                let exit = spawned.exit;
+                tokio::spawn(async move {
+                    let _ = exits.send((run, exit.await));
+                });
+                self.ctx.writer.write(
+                    self.ctx.pid_files.path(self.id()),
+                    format!("{pid}\n").into_bytes(),
+                );
+                self.tracker.on_start(now.into_std());
+                tracing::info!(id = self.id(), pid, "started");
+                let run = Run {
+                    id: run,
+                    pid,
+                    started_at: SystemTime::now(),
+                    stable_at: Some(now + self.tracker.tuning().reset_after),
+                };
+                self.enter(Phase::Running(run), format!("started (pid {pid})"));
+            }
+            Err(e) => {
+                tracing::warn!(id = self.id(), "{e}");
+                self.tracker.on_start(now.into_std());
+                let decision = self.tracker.on_exit(now.into_std(), Trigger::Exit, false);
+                // Starting → failed: the spawn error is the reason.
+                self.phase = Phase::Stopped { leftovers: None };
+                self.fail_or_stop(decision, e.to_string(), None, now);
+            }
+        }
+    }
+
+    fn spawn_spec(&self) -> SpawnSpec {
+        let mut args = self.control.arguments.clone();
+        let mut environment = self.control.environment.clone();
+        if self.def.process_type == ProcessType::IntegratedManaged {
+            match free_loopback_port() {
+                Ok(port) => {
+                    if let Some(flag) = &self.control.port_argument {
+                        args.push(flag.clone());
+                        args.push(port.to_string());
+                    }
+                    environment.insert("HSU_PORT".into(), port.to_string());
+                    let path = self.ctx.pid_files.path(self.id()).with_extension("port");
+                    self.ctx
+                        .writer
+                        .write(path, format!("{port}\n").into_bytes());
+                }
+                Err(e) => tracing::warn!(id = self.id(), "cannot pick a port: {e}"),
+            }
+        }
+        SpawnSpec {
+            program: self.control.executable.clone(),
+            args,
+            working_directory: self.control.working_directory.clone(),
+            environment,
+            stdout: self.open_log(Stream::Stdout, self.def.log_collection.capture_stdout),
+            stderr: self.open_log(Stream::Stderr, self.def.log_collection.capture_stderr),
+            tag: self.tag.clone(),
+        }
     }
 
     fn open_log(&self, stream: Stream, capture: bool) -> Option<File> {
@@ -305,106 +1149,9 @@ impl Supervisor {
         }
     }
 
-    /// Stopped/Failed -> Starting -> Running (or Failed on a spawn error).
-    fn start_child(&mut self, why: &str) {
-        self.clear_timers();
-        self.transition(ProcessState::Starting, why);
-        let mut args = self.control.arguments.clone();
-        let mut environment = self.control.environment.clone();
-        if self.def.process_type == ProcessType::IntegratedManaged {
-            match free_loopback_port() {
-                Ok(port) => {
-                    if let Some(flag) = &self.control.port_argument {
-                        args.push(flag.clone());
-                        args.push(port.to_string());
-                    }
-                    environment.insert("HSU_PORT".into(), port.to_string());
-                    let path = self.ctx.pid_files.path(self.id()).with_extension("port");
-                    if let Err(e) = std::fs::write(&path, format!("{port}\n")) {
-                        tracing::warn!(id = self.id(), "cannot write {}: {e}", path.display());
-                    }
-                }
-                Err(e) => tracing::warn!(id = self.id(), "cannot pick a port: {e}"),
-            }
-        }
-        let spec = SpawnSpec {
-            program: self.control.executable.clone(),
-            args,
-            working_directory: self.control.working_directory.clone(),
-            environment,
-            stdout: self.open_log(Stream::Stdout, self.def.log_collection.capture_stdout),
-            stderr: self.open_log(Stream::Stderr, self.def.log_collection.capture_stderr),
-            tag: self.ctx.tag(self.id()),
-        };
-        let now = Instant::now();
-        match hsu_process::spawn(spec) {
-            Ok(child) => {
-                let pid = child.pid();
-                if let Err(e) = self.ctx.pid_files.write(self.id(), pid) {
-                    tracing::warn!(id = self.id(), "cannot write PID file: {e}");
-                }
-                self.child = Some(child);
-                self.started_at = Some(SystemTime::now());
-                self.tracker.on_start(now.into_std());
-                self.stable_at = Some(now + self.tracker.tuning().reset_after);
-                tracing::info!(id = self.id(), pid, "started");
-                self.transition(ProcessState::Running, format!("started (pid {pid})"));
-            }
-            Err(e) => {
-                tracing::warn!(id = self.id(), "{e}");
-                self.tracker.on_start(now.into_std());
-                self.transition(ProcessState::Failed, e.to_string());
-                let decision = self.tracker.on_exit(now.into_std(), Trigger::Exit, false);
-                self.apply(decision, &e.to_string());
-            }
-        }
-    }
-
-    async fn on_exit(&mut self, exit: std::io::Result<ExitInfo>) {
-        let exit = exit.unwrap_or_else(|e| {
-            tracing::error!(id = self.id(), "waiting for the process failed: {e}");
-            ExitInfo {
-                code: None,
-                signal: None,
-            }
-        });
-        let now = Instant::now();
-        self.stable_at = None;
-        self.record_exit(exit);
-        // The main process is gone; whatever it left behind of its tree goes too.
-        if let Some(mut child) = self.child.take() {
-            if child.tree().iter().any(|&p| p != child.pid()) {
-                let _ = hsu_process::terminate_tree(
-                    &mut child,
-                    self.control.stop_signal,
-                    self.control.graceful_timeout,
-                )
-                .await;
-            }
-        }
-        let _ = self.ctx.pid_files.remove(self.id());
-        let decision = self
-            .tracker
-            .on_exit(now.into_std(), Trigger::Exit, exit.success());
-        let what = exit.to_string();
-        match &decision {
-            Decision::Stay { completed: true } => {
-                self.transition(ProcessState::Stopped, format!("completed ({what})"))
-            }
-            Decision::Stay { completed: false } => self.transition(
-                ProcessState::Failed,
-                format!(
-                    "{what}; restart policy {} does not restart it",
-                    self.control.restart_policy.as_str()
-                ),
-            ),
-            _ => self.transition(ProcessState::Failed, what.clone()),
-        }
-        self.apply(decision, &what);
-    }
-
     fn record_exit(&mut self, exit: ExitInfo) {
         tracing::info!(id = self.id(), "{exit}");
+        self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
         self.emit(EventKind::Exited {
             code: exit.code,
             signal: exit.signal,
@@ -416,123 +1163,126 @@ impl Supervisor {
         });
     }
 
-    /// Schedules what the restart policy decided (the state is already `failed`).
-    fn apply(&mut self, decision: Decision, what: &str) {
-        match decision {
-            Decision::Stay { .. } => {}
-            Decision::Restart {
-                delay,
-                attempt,
-                trigger,
-            } => {
-                self.emit(EventKind::RestartScheduled {
-                    delay_ms: delay.as_millis() as u64,
-                    attempt,
-                    trigger: trigger.as_str().into(),
-                });
-                tracing::info!(
-                    id = self.id(),
-                    "{what}; restart {attempt} in {}",
-                    humantime::format_duration(delay)
-                );
-                self.restart_at = Some(Instant::now() + delay);
-                self.next_restart_at = Some(SystemTime::now() + delay);
-            }
-            Decision::OpenCircuit { restarts, cooldown } => {
-                let tuning = self.tracker.tuning();
-                self.emit(EventKind::CircuitOpened {
-                    restarts,
-                    window_ms: tuning.window.as_millis() as u64,
-                    cooldown_ms: cooldown.unwrap_or_default().as_millis() as u64,
-                });
-                match cooldown {
-                    Some(c) => {
-                        tracing::warn!(
-                            id = self.id(),
-                            "{what}; circuit open after {restarts} restarts, trial start in {}",
-                            humantime::format_duration(c)
-                        );
-                        self.cooldown_at = Some(Instant::now() + c);
-                        self.next_restart_at = Some(SystemTime::now() + c);
-                    }
-                    None => tracing::warn!(
-                        id = self.id(),
-                        "{what}; circuit open after {restarts} restarts, waiting for a start by hand"
-                    ),
-                }
-            }
-        }
+    fn emit(&self, kind: EventKind) {
+        self.ctx.events.emit(Some(self.id()), kind);
     }
 
-    /// Brings the process to `stopped` from wherever it is; returns when nothing of its
-    /// tree is left.
-    async fn stop_child(&mut self, deadline: Option<Instant>, why: &str) {
-        match self.machine.state() {
-            ProcessState::Running | ProcessState::Starting => {}
-            ProcessState::Failed => {
-                self.clear_timers();
-                self.transition(ProcessState::Stopped, why);
-                return;
-            }
-            ProcessState::Stopped | ProcessState::Stopping => return,
+    fn gone_error(&self) -> ControlError {
+        ControlError::Conflict {
+            id: self.id().to_owned(),
+            message: "the process is being removed (reload or shutdown)".into(),
         }
-        self.clear_timers();
-        let Some(mut child) = self.child.take() else {
-            self.transition(ProcessState::Stopping, why);
-            self.transition(ProcessState::Stopped, why);
-            return;
-        };
-        self.transition(ProcessState::Stopping, why);
-        self.publish();
-        let mut graceful = self.control.graceful_timeout;
-        if let Some(deadline) = deadline {
-            graceful = graceful.min(deadline.saturating_duration_since(Instant::now()));
-        }
-        let started = Instant::now();
-        let reason =
-            match hsu_process::terminate_tree(&mut child, self.control.stop_signal, graceful).await
-            {
-                Ok(t) => {
-                    self.record_exit(t.exit);
-                    if !t.survivors.is_empty() {
-                        tracing::error!(
-                            id = self.id(),
-                            "processes {:?} survived SIGKILL (uninterruptible?)",
-                            t.survivors
-                        );
-                    }
-                    let took = humantime::format_duration(round_ms(started.elapsed()));
-                    if t.forced {
-                        format!("{why}; killed after graceful timeout ({took})")
-                    } else {
-                        format!("{why} ({}, in {took})", t.exit)
-                    }
-                }
-                Err(e) => format!("{why}; waiting for exit failed: {e}"),
-            };
-        let _ = self.ctx.pid_files.remove(self.id());
-        self.transition(ProcessState::Stopped, reason);
     }
 
     fn publish(&self) {
+        let (pid, started_at, run) = match &self.phase {
+            Phase::Running(r) => (Some(r.pid), Some(r.started_at), Some(r.id)),
+            // The main process is shown while it lives; once it has exited the PID is
+            // no longer its, even if members of its tree are still being stopped.
+            Phase::Stopping(t) if t.exit.is_none() => {
+                (Some(t.run.pid), Some(t.run.started_at), None)
+            }
+            _ => (None, None, None),
+        };
+        let next_restart_at = match &self.phase {
+            Phase::Failed { retry: Some(r), .. } => Some(r.wall),
+            _ => None,
+        };
         let status = ProcessStatus {
             id: self.def.id.clone(),
             process_type: self.def.process_type,
             state: self.machine.state(),
-            pid: self.child.as_ref().map(Child::pid),
-            started_at: self.child.as_ref().and(self.started_at),
+            pid,
+            started_at,
             restart_count: self.restart_count,
             last_exit: self.last_exit,
             reason: self.machine.reason().to_owned(),
             circuit: self.tracker.circuit(),
-            next_restart_at: self.next_restart_at,
+            next_restart_at,
             resources: None,
         };
+        let published = Published { status, run };
         self.status_tx.send_if_modified(|old| {
-            let changed = *old != status;
-            *old = status;
+            let changed = *old != published;
+            *old = published;
             changed
         });
+    }
+}
+
+impl Teardown {
+    /// A teardown of `run` that starts now; the stop signal is the caller's to send.
+    fn new(
+        run: Run,
+        exit: Option<ExitInfo>,
+        why: &str,
+        then: Then,
+        now: Instant,
+        graceful: Duration,
+    ) -> Teardown {
+        Teardown {
+            run,
+            exit,
+            why: why.to_owned(),
+            began: now,
+            kill_at: now + graceful,
+            killed_at: None,
+            check_at: exit.map(|_| now + SWEEP_FAST),
+            waiters: Vec::new(),
+            then,
+        }
+    }
+
+    fn tree<'a>(&self, tag: &'a str) -> Tree<'a> {
+        Tree {
+            root: self.run.pid,
+            root_reaped: self.exit.is_some(),
+            tag,
+        }
+    }
+
+    /// SIGKILL at the next check: a forced stop, now.
+    fn force(&mut self, now: Instant) {
+        self.kill_at = self.kill_at.min(now);
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match self.check_at {
+            Some(at) if self.killed_at.is_some() => at,
+            Some(at) => at.min(self.kill_at),
+            None => self.kill_at,
+        }
+    }
+
+    /// Escalates at the deadline and looks at the tree. `Some(survivors)` when the
+    /// teardown is over: nothing left (empty), or the SIGKILL grace has run out.
+    fn check(&mut self, now: Instant, platform: &dyn Platform, tag: &str) -> Option<Vec<u32>> {
+        let tree = self.tree(tag);
+        if self.killed_at.is_none() && now >= self.kill_at {
+            self.killed_at = Some(now);
+        }
+        if self.killed_at.is_some() {
+            // Swept every check: members forked since the last SIGKILL die too.
+            platform.signal_tree(tree, StopSignal::Kill);
+        }
+        platform.reap_orphans();
+        let left = platform.tree(tree);
+        if self.exit.is_some() && left.is_empty() {
+            return Some(Vec::new());
+        }
+        if self.killed_at.is_some_and(|k| now >= k + KILL_GRACE) {
+            return Some(left);
+        }
+        let since = now.saturating_duration_since(self.began);
+        let every = if since < Duration::from_secs(1) {
+            SWEEP_FAST
+        } else {
+            SWEEP_SLOW
+        };
+        // Until the main process exits (or SIGKILL is due) the kernel tells us; after
+        // that only a look at the tree can.
+        self.check_at = (self.exit.is_some() || self.killed_at.is_some()).then(|| now + every);
+        None
     }
 }
 
