@@ -28,5 +28,10 @@ pub mod manager;
 pub mod platform;
 pub mod process_control_impl;
 
+#[cfg(test)]
+mod fake_platform;
+#[cfg(test)]
+mod supervisor_tests;
+
 pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};
 pub use process_control_impl::ProcessHandle;

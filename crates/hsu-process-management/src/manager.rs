@@ -176,6 +176,21 @@ impl ProcessManager {
     }
 
     /// Whether an operator stopped `id` by hand (kept in `state.json` across restarts).
+    pub fn stopped_by_hand(&self, id: &str) -> bool {
+        self.held(id)
+    }
+
+    /// The supervisor of `id`, while it has one (monitors send their reports to it).
+    pub fn supervisor(&self, id: &str) -> Option<ProcessHandle> {
+        self.entries()
+            .iter()
+            .find(|e| e.def.id == id)
+            .and_then(|e| match &e.supervision {
+                Supervision::Managed(h) => Some(h.clone()),
+                Supervision::Idle(_) => None,
+            })
+    }
+
     fn held(&self, id: &str) -> bool {
         self.inner.durable.stopped_by_hand(id)
     }

@@ -998,9 +998,9 @@ impl Supervisor {
         self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
         let took = humantime::format_duration(round_ms(now.saturating_duration_since(t.began)));
         let mut how = match (t.killed_at, t.exit) {
-            (Some(_), _) => format!("killed after graceful timeout ({took})"),
-            (None, Some(exit)) => format!("{exit}, in {took}"),
-            (None, None) => format!("in {took}"),
+            (Some(_), _) => format!("; killed after graceful timeout ({took})"),
+            (None, Some(exit)) => format!(" ({exit}, in {took})"),
+            (None, None) => format!(" (in {took})"),
         };
         if !survivors.is_empty() {
             tracing::error!(
@@ -1016,11 +1016,11 @@ impl Supervisor {
             // A stop: the visible state moves now.
             None => self.enter(
                 Phase::Stopped { leftovers: None },
-                format!("{} ({how})", t.why),
+                format!("{}{how}", t.why),
             ),
             // Leftovers: the state already said why; it stays.
             Some(phase) => {
-                tracing::info!(id = self.id(), "what was left of the tree is gone ({how})");
+                tracing::info!(id = self.id(), "what was left of the tree is gone{how}");
                 self.phase = phase;
             }
         }

@@ -1,0 +1,186 @@
+//! A made-up platform for the supervisor's unit tests: processes are entries in a table,
+//! exits and slow stops happen when a test says so, and the clock can be paused.
+
+use crate::platform::{Platform, Spawned, Tree};
+use hsu_common::StopSignal;
+use hsu_process::{ExitInfo, SpawnError, SpawnSpec};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+
+/// How the next spawned process behaves.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The spawn fails (executable not found).
+    pub spawn_error: bool,
+    /// The main process ignores the stop signal (only SIGKILL ends it).
+    pub ignores_term: bool,
+    /// Members of the tree besides the main process.
+    pub children: u32,
+    /// The children ignore the stop signal.
+    pub children_ignore_term: bool,
+}
+
+struct Proc {
+    tag: String,
+    root: u32,
+    alive: bool,
+    ignores_term: bool,
+    exit: Option<oneshot::Sender<ExitInfo>>,
+}
+
+#[derive(Default)]
+struct State {
+    next_pid: u32,
+    procs: BTreeMap<u32, Proc>,
+    plans: VecDeque<Plan>,
+    /// Every spawn: (pid, tag, arguments).
+    spawns: Vec<(u32, String, Vec<String>)>,
+    /// The most main processes of one tag alive at once, by tag.
+    max_mains: BTreeMap<String, usize>,
+}
+
+/// The fake platform; clone it to keep a handle for the test.
+#[derive(Clone, Default)]
+pub struct FakePlatform {
+    state: Arc<Mutex<State>>,
+}
+
+impl FakePlatform {
+    pub fn new() -> Self {
+        let fake = FakePlatform::default();
+        // Above any real PID (pid_max is at most 2^22), so nothing real is ever touched.
+        fake.lock().next_pid = 4_000_000_000;
+        fake
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next spawn behaves as `plan` (later spawns behave normally).
+    pub fn plan(&self, plan: Plan) {
+        self.lock().plans.push_back(plan);
+    }
+
+    /// The main process `pid` exits on its own with `code`; its children stay.
+    pub fn exit(&self, pid: u32, code: i32) {
+        let mut st = self.lock();
+        if let Some(p) = st.procs.get_mut(&pid) {
+            die(p, Some(code), None);
+        }
+    }
+
+    /// Live processes (main and children) carrying `tag`.
+    pub fn alive(&self, tag: &str) -> Vec<u32> {
+        self.lock()
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive && p.tag == tag)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
+    /// How many spawns succeeded so far.
+    pub fn spawns(&self) -> usize {
+        self.lock().spawns.len()
+    }
+
+    /// The arguments of the last spawn.
+    pub fn last_args(&self) -> Vec<String> {
+        self.lock()
+            .spawns
+            .last()
+            .map(|s| s.2.clone())
+            .unwrap_or_default()
+    }
+
+    /// The most main processes of `tag` that were ever alive at the same time.
+    pub fn max_concurrent_mains(&self, tag: &str) -> usize {
+        self.lock().max_mains.get(tag).copied().unwrap_or(0)
+    }
+}
+
+fn die(p: &mut Proc, code: Option<i32>, signal: Option<i32>) {
+    p.alive = false;
+    if let Some(tx) = p.exit.take() {
+        let _ = tx.send(ExitInfo { code, signal });
+    }
+}
+
+impl Platform for FakePlatform {
+    fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
+        let mut st = self.lock();
+        let plan = st.plans.pop_front().unwrap_or_default();
+        if plan.spawn_error {
+            return Err(SpawnError::NotFound {
+                program: spec.program.display().to_string(),
+                os: "No such file or directory (os error 2)".into(),
+            });
+        }
+        let pid = st.next_pid;
+        st.next_pid += 1 + plan.children;
+        let (tx, rx) = oneshot::channel();
+        st.procs.insert(
+            pid,
+            Proc {
+                tag: spec.tag.clone(),
+                root: pid,
+                alive: true,
+                ignores_term: plan.ignores_term,
+                exit: Some(tx),
+            },
+        );
+        for c in 1..=plan.children {
+            st.procs.insert(
+                pid + c,
+                Proc {
+                    tag: spec.tag.clone(),
+                    root: pid,
+                    alive: true,
+                    ignores_term: plan.children_ignore_term,
+                    exit: None,
+                },
+            );
+        }
+        st.spawns.push((pid, spec.tag.clone(), spec.args.clone()));
+        let mains = st
+            .procs
+            .iter()
+            .filter(|(&p, pr)| pr.alive && pr.root == p && pr.tag == spec.tag)
+            .count();
+        let max = st.max_mains.entry(spec.tag).or_default();
+        *max = (*max).max(mains);
+        Ok(Spawned {
+            pid,
+            exit: Box::pin(async move {
+                rx.await
+                    .map_err(|_| std::io::Error::other("fake process dropped"))
+            }),
+        })
+    }
+
+    fn signal_tree(&self, tree: Tree<'_>, signal: StopSignal) {
+        let mut st = self.lock();
+        for p in st.procs.values_mut() {
+            if p.alive && p.root == tree.root && p.tag == tree.tag {
+                match signal {
+                    StopSignal::Kill => die(p, None, Some(9)),
+                    _ if !p.ignores_term => die(p, None, Some(15)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn tree(&self, tree: Tree<'_>) -> Vec<u32> {
+        self.lock()
+            .procs
+            .iter()
+            .filter(|(_, p)| p.alive && p.root == tree.root && p.tag == tree.tag)
+            .map(|(&pid, _)| pid)
+            .collect()
+    }
+
+    fn reap_orphans(&self) {}
+}

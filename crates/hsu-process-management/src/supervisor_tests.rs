@@ -1,0 +1,569 @@
+//! The supervisor loop and the manager against a made-up platform, under a paused clock:
+//! exits, slow stops and spawn errors happen when a test says so, and minutes of
+//! backoff and graceful timeouts pass in no wall time.
+
+use crate::fake_platform::{FakePlatform, Plan};
+use crate::process_control_impl::{Published, Report};
+use crate::{ManagerOptions, ProcessManager};
+use hsu_common::{EventKind, EventSink, ProcessState};
+use hsu_managed_process::{
+    Circuit, ControlSpec, ProcessDefinition, ProcessStatus, ProcessType, RestartPolicy,
+    RestartTuning, TriggerOverride,
+};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(Option<String>, EventKind)>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, id: Option<&str>, kind: EventKind) {
+        self.0.lock().unwrap().push((id.map(str::to_owned), kind));
+    }
+}
+
+impl Recorder {
+    /// `from->to: reason` of every state change of `id`, in order.
+    fn transitions(&self, id: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| i.as_deref() == Some(id))
+            .filter_map(|(_, k)| match k {
+                EventKind::StateChanged { from, to, reason } => {
+                    Some(format!("{from}->{to}: {reason}"))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn triggers(&self, id: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| i.as_deref() == Some(id))
+            .filter_map(|(_, k)| match k {
+                EventKind::RestartScheduled { trigger, .. } => Some(trigger.clone()),
+                EventKind::CircuitOpened { .. } => Some("circuit_opened".into()),
+                EventKind::CircuitClosed { .. } => Some("circuit_closed".into()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn def(id: &str, tune: impl FnOnce(&mut ControlSpec)) -> ProcessDefinition {
+    let mut control = ControlSpec::new("/fake/bin", "/");
+    control.graceful_timeout = secs(10);
+    control.restart = RestartTuning {
+        retry_delay: secs(1),
+        ..RestartTuning::default()
+    };
+    tune(&mut control);
+    ProcessDefinition {
+        id: id.into(),
+        process_type: ProcessType::StandardManaged,
+        enabled: true,
+        control: Some(control),
+        health_check: Default::default(),
+        log_collection: Default::default(),
+        discovery: None,
+        metadata: Default::default(),
+        profile_type: None,
+    }
+}
+
+struct Setup {
+    manager: ProcessManager,
+    fake: FakePlatform,
+    events: Arc<Recorder>,
+    base: Arc<tempfile::TempDir>,
+}
+
+impl Setup {
+    async fn new(defs: Vec<ProcessDefinition>) -> Setup {
+        Setup::on(Arc::new(tempfile::tempdir().unwrap()), defs).await
+    }
+
+    /// A manager on an existing base directory (a restart of the manager).
+    async fn on(base: Arc<tempfile::TempDir>, defs: Vec<ProcessDefinition>) -> Setup {
+        let fake = FakePlatform::new();
+        let events = Arc::new(Recorder::default());
+        let options = ManagerOptions {
+            base_directory: base.path().to_path_buf(),
+            log_directory: base.path().join("logs"),
+            force_shutdown_timeout: secs(30),
+            resource_sample_interval: secs(3600),
+        };
+        let manager =
+            ProcessManager::with_platform(options, events.clone(), Arc::new(fake.clone())).unwrap();
+        manager.launch(defs).await;
+        Setup {
+            manager,
+            fake,
+            events,
+            base,
+        }
+    }
+
+    fn tag(&self, id: &str) -> String {
+        format!("{}#{id}", self.base.path().display())
+    }
+
+    fn status(&self, id: &str) -> ProcessStatus {
+        self.manager.status(id).unwrap()
+    }
+
+    fn pid(&self, id: &str) -> u32 {
+        self.status(id).pid.expect("a running process has a PID")
+    }
+
+    /// Waits (in virtual time, driven by the supervisor's own publications) until the
+    /// status of `id` satisfies `pred`.
+    async fn until(&self, id: &str, pred: impl Fn(&ProcessStatus) -> bool) -> ProcessStatus {
+        let mut watch = self.manager.supervisor(id).unwrap().watch();
+        let waited =
+            tokio::time::timeout(secs(3600), watch.wait_for(|p: &Published| pred(&p.status)))
+                .await
+                .map(|r| r.map(|p| p.status.clone()));
+        match waited {
+            Ok(Ok(status)) => status,
+            _ => panic!("{id} never got there; last status {:?}", self.status(id)),
+        }
+    }
+}
+
+/// Starts `f` in the background and lets the supervisors take it in.
+async fn background<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let task = tokio::spawn(f);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    task
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_answers_during_a_stop_and_a_second_stop_joins() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("svc", false).await.unwrap();
+    let pid = s.pid("svc");
+    let began = Instant::now();
+    let m = s.manager.clone();
+    let first = background(async move { m.stop_process("svc", false).await }).await;
+    let st = s
+        .until("svc", |st| st.state == ProcessState::Stopping)
+        .await;
+    assert_eq!(
+        st.pid,
+        Some(pid),
+        "the main process is shown while it lives"
+    );
+    let m = s.manager.clone();
+    let second = background(async move { m.stop_process("svc", false).await }).await;
+    assert!(!first.is_finished() && !second.is_finished());
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let took = began.elapsed();
+    assert!(
+        took >= secs(10) && took < secs(11),
+        "SIGKILL at the deadline: {took:?}"
+    );
+    assert!(s.fake.alive(&s.tag("svc")).is_empty());
+    let last = s.events.transitions("svc").pop().unwrap();
+    assert!(
+        last.starts_with("stopping->stopped: stopped by request; killed after graceful timeout"),
+        "{last}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_stop_ends_a_graceful_stop_at_once() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        children: 2,
+        children_ignore_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("svc", false).await.unwrap();
+    let began = Instant::now();
+    let m = s.manager.clone();
+    let graceful = background(async move { m.stop_process("svc", false).await }).await;
+    s.until("svc", |st| st.state == ProcessState::Stopping)
+        .await;
+    s.manager.stop_process("svc", true).await.unwrap();
+    graceful.await.unwrap().unwrap();
+    assert!(began.elapsed() < secs(1), "{:?}", began.elapsed());
+    assert!(s.fake.alive(&s.tag("svc")).is_empty());
+    assert_eq!(s.status("svc").state, ProcessState::Stopped);
+    // A forced stop of a running process needs no graceful phase either.
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.start_process("svc").await.unwrap();
+    let began = Instant::now();
+    s.manager.stop_process("svc", true).await.unwrap();
+    assert!(began.elapsed() < secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_during_a_stop_are_applied_in_order_after_it() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("svc", false).await.unwrap();
+    let old = s.pid("svc");
+    let m = s.manager.clone();
+    let stop = background(async move { m.stop_process("svc", false).await }).await;
+    let m = s.manager.clone();
+    let start = background(async move { m.start_process("svc").await }).await;
+    // The start waits for the old tree: status still says stopping, one spawn so far.
+    assert_eq!(s.status("svc").state, ProcessState::Stopping);
+    let spawns = s.fake.spawns();
+    stop.await.unwrap().unwrap();
+    start.await.unwrap().unwrap();
+    let st = s.status("svc");
+    assert_eq!(st.state, ProcessState::Running);
+    assert_ne!(st.pid, Some(old));
+    assert_eq!(s.fake.spawns(), spawns + 1);
+    assert_eq!(s.fake.max_concurrent_mains(&s.tag("svc")), 1);
+    // stop, start, stop: the last word wins, and nothing is spawned for the start.
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("svc", false).await.unwrap();
+    let spawns = s.fake.spawns();
+    let m1 = s.manager.clone();
+    let m2 = s.manager.clone();
+    let m3 = s.manager.clone();
+    let a = background(async move { m1.stop_process("svc", false).await }).await;
+    let b = background(async move { m2.start_process("svc").await }).await;
+    let c = background(async move { m3.stop_process("svc", false).await }).await;
+    for t in [a, b, c] {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.status("svc").state, ProcessState::Stopped);
+    assert_eq!(s.fake.spawns(), spawns);
+    assert!(s.manager.stopped_by_hand("svc"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_during_backoff_cancels_the_restart() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    let pid = s.pid("svc");
+    s.fake.exit(pid, 3);
+    let st = s.until("svc", |st| st.state == ProcessState::Failed).await;
+    assert!(st.next_restart_at.is_some());
+    assert_eq!(st.pid, None);
+    s.manager.stop_process("svc", false).await.unwrap();
+    let spawns = s.fake.spawns();
+    tokio::time::sleep(secs(120)).await;
+    assert_eq!(s.status("svc").state, ProcessState::Stopped);
+    assert_eq!(s.status("svc").next_restart_at, None);
+    assert_eq!(s.fake.spawns(), spawns);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_budgets_are_kept_per_trigger() {
+    let s = Setup::new(vec![def("svc", |c| {
+        c.restart_policy = RestartPolicy::Always;
+        c.restart.max_retries = 1;
+        c.restart.retry_delay = ms(100);
+        c.restart.health_failures = TriggerOverride {
+            max_retries: Some(3),
+            ..TriggerOverride::default()
+        };
+    })])
+    .await;
+    let sup = s.manager.supervisor("svc").unwrap();
+    // One exit-triggered restart fits the exit budget (1).
+    s.fake.exit(s.pid("svc"), 1);
+    s.until("svc", |st| st.state == ProcessState::Failed).await;
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    // Two health-triggered restarts fit the health budget (3), not the exit one.
+    for _ in 0..2 {
+        let run = sup.current_run().unwrap();
+        sup.report(
+            run,
+            Report::Unhealthy {
+                reason: "check failed 3 times".into(),
+            },
+        );
+        s.until("svc", |st| st.state == ProcessState::Failed).await;
+        s.until("svc", |st| st.state == ProcessState::Running).await;
+    }
+    // A resource violation has its own budget too.
+    let run = sup.current_run().unwrap();
+    sup.report(
+        run,
+        Report::LimitExceeded {
+            reason: "memory 90MiB > 20MiB".into(),
+        },
+    );
+    s.until("svc", |st| st.state == ProcessState::Failed).await;
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    // A second exit inside the window exceeds the exit budget: the breaker opens.
+    s.fake.exit(s.pid("svc"), 1);
+    let st = s.until("svc", |st| st.circuit == Circuit::Open).await;
+    assert_eq!(st.state, ProcessState::Failed);
+    assert_eq!(
+        s.events.triggers("svc"),
+        [
+            "exit",
+            "health_failure",
+            "health_failure",
+            "resource_violation",
+            "circuit_opened"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_half_open_breaker_closes_after_a_stable_trial() {
+    let s = Setup::new(vec![def("svc", |c| {
+        c.restart.max_retries = 1;
+        c.restart.retry_delay = ms(100);
+        c.restart.cooldown = secs(30);
+        c.restart.reset_after = secs(5);
+    })])
+    .await;
+    s.fake.exit(s.pid("svc"), 1);
+    s.until("svc", |st| {
+        st.state == ProcessState::Running && st.restart_count == 1
+    })
+    .await;
+    s.fake.exit(s.pid("svc"), 1);
+    s.until("svc", |st| st.circuit == Circuit::Open).await;
+    let opened = Instant::now();
+    // The trial start comes after the cooldown; it fails: open again.
+    let st = s.until("svc", |st| st.circuit == Circuit::HalfOpen).await;
+    assert_eq!(st.state, ProcessState::Running);
+    assert!(opened.elapsed() >= secs(30));
+    s.fake.exit(s.pid("svc"), 1);
+    s.until("svc", |st| st.circuit == Circuit::Open).await;
+    // The next trial stays up `reset_after`: closed.
+    s.until("svc", |st| st.circuit == Circuit::HalfOpen).await;
+    let trial = Instant::now();
+    s.until("svc", |st| st.circuit == Circuit::Closed).await;
+    assert!(trial.elapsed() >= secs(5));
+    assert_eq!(
+        s.events.triggers("svc").last().map(String::as_str),
+        Some("circuit_closed")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_reports_about_an_earlier_run_are_ignored() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    let sup = s.manager.supervisor("svc").unwrap();
+    let old_run = sup.current_run().unwrap();
+    s.manager.restart_process("svc", false).await.unwrap();
+    let pid = s.pid("svc");
+    assert_ne!(sup.current_run(), Some(old_run));
+    sup.report(
+        old_run,
+        Report::Unhealthy {
+            reason: "stale".into(),
+        },
+    );
+    sup.report(
+        old_run,
+        Report::LimitExceeded {
+            reason: "stale".into(),
+        },
+    );
+    // A status read goes through the same queue: the reports were handled before it.
+    s.manager.start_process("svc").await.unwrap();
+    let st = s.status("svc");
+    assert_eq!((st.state, st.pid), (ProcessState::Running, Some(pid)));
+    assert!(s.events.triggers("svc").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_errors_fail_and_back_off() {
+    let s = Setup::new(vec![]).await;
+    s.fake.plan(Plan {
+        spawn_error: true,
+        ..Plan::default()
+    });
+    s.fake.plan(Plan {
+        spawn_error: true,
+        ..Plan::default()
+    });
+    s.manager
+        .reload(vec![def("svc", |c| c.restart.retry_delay = secs(2))])
+        .await;
+    let st = s.status("svc");
+    assert_eq!(st.state, ProcessState::Failed);
+    assert!(st.reason.contains("not found"), "{}", st.reason);
+    let began = Instant::now();
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    // 2 s, then 4 s: backoff, not a storm.
+    assert!(began.elapsed() >= secs(6), "{:?}", began.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn leftovers_are_gone_before_the_restart_and_status_says_so() {
+    let s = Setup::new(vec![]).await;
+    s.fake.plan(Plan {
+        children: 2,
+        children_ignore_term: true,
+        ..Plan::default()
+    });
+    s.manager
+        .reload(vec![def("svc", |c| c.graceful_timeout = secs(3))])
+        .await;
+    let pid = s.pid("svc");
+    let began = Instant::now();
+    s.fake.exit(pid, 1);
+    let st = s.until("svc", |st| st.state == ProcessState::Failed).await;
+    assert_eq!(st.pid, None, "no dead PID shown as running");
+    assert!(st.reason.contains("stopping what it left"), "{}", st.reason);
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    // The retry delay was 1 s, but the leftovers took the 3 s graceful timeout.
+    assert!(began.elapsed() >= secs(3), "{:?}", began.elapsed());
+    assert_eq!(s.fake.alive(&s.tag("svc")).len(), 1);
+    assert_eq!(s.fake.max_concurrent_mains(&s.tag("svc")), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reload_applies_the_difference_and_never_runs_two_instances() {
+    let defs = vec![
+        def("same", |_| {}),
+        def("changed", |_| {}),
+        def("removed", |_| {}),
+    ];
+    let s = Setup::new(defs).await;
+    let same = s.pid("same");
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("changed", false).await.unwrap();
+    let m = s.manager.clone();
+    let new_defs = vec![
+        def("same", |_| {}),
+        def("changed", |c| c.arguments = vec!["--v2".into()]),
+        def("added", |_| {}),
+    ];
+    let reload = background(async move { m.reload(new_defs).await }).await;
+    // While the old instance takes its graceful timeout, commands pile up behind it.
+    assert_eq!(s.status("changed").state, ProcessState::Stopping);
+    assert_eq!(s.status("removed").state, ProcessState::Stopped);
+    let (m1, m2) = (s.manager.clone(), s.manager.clone());
+    let restart = background(async move { m1.restart_process("changed", false).await }).await;
+    let start = background(async move { m2.start_process("changed").await }).await;
+    let diff = reload.await.unwrap();
+    restart.await.unwrap().unwrap();
+    start.await.unwrap().unwrap();
+    assert_eq!(diff.unchanged, ["same"]);
+    assert_eq!(diff.changed, ["changed"]);
+    assert_eq!(diff.added, ["added"]);
+    assert_eq!(diff.removed, ["removed"]);
+    assert_eq!(s.pid("same"), same);
+    assert_eq!(s.status("changed").state, ProcessState::Running);
+    assert_eq!(s.fake.last_args(), ["--v2"]);
+    assert!(s.manager.status("removed").is_none());
+    assert!(s.fake.alive(&s.tag("removed")).is_empty());
+    assert_eq!(s.fake.max_concurrent_mains(&s.tag("changed")), 1);
+    let t = s.events.transitions("changed");
+    assert!(
+        t.iter()
+            .any(|t| t == "running->stopping: reload: definition changed"),
+        "{t:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
+    let s = Setup::new(vec![]).await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager
+        .reload(vec![def("old", |c| c.graceful_timeout = secs(3))])
+        .await;
+    let m = s.manager.clone();
+    let reload = background(async move { m.reload(vec![]).await }).await;
+    let st = s.status("old");
+    assert_eq!(st.state, ProcessState::Stopping);
+    assert!(st.reason.contains("reload"), "{}", st.reason);
+    reload.await.unwrap();
+    assert!(s.manager.status("old").is_none());
+    assert!(s.fake.alive(&s.tag("old")).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopped_by_hand_stays_stopped_across_a_manager_restart() {
+    let defs = || vec![def("held", |_| {}), def("free", |_| {})];
+    let s = Setup::new(defs()).await;
+    // Stop and start race; the supervisor's order decides the durable mark.
+    for _ in 0..20 {
+        let (m1, m2) = (s.manager.clone(), s.manager.clone());
+        let (a, b) = tokio::join!(m1.stop_process("held", false), m2.start_process("held"));
+        a.unwrap();
+        b.unwrap();
+        let running = s.status("held").state == ProcessState::Running;
+        assert_eq!(s.manager.stopped_by_hand("held"), !running);
+    }
+    s.manager.stop_process("held", false).await.unwrap();
+    s.manager.shutdown("test").await;
+    let base = s.base.clone();
+    drop(s);
+    let s = Setup::on(base, defs()).await;
+    assert_eq!(s.status("held").state, ProcessState::Stopped);
+    assert!(s.status("held").reason.contains("stopped by hand"));
+    assert_eq!(s.status("free").state, ProcessState::Running);
+    s.manager.start_process("held").await.unwrap();
+    assert!(!s.manager.stopped_by_hand("held"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_bounds_every_stop_by_its_deadline() {
+    let s = Setup::new(vec![
+        def("a", |c| c.graceful_timeout = secs(600)),
+        def("b", |_| {}),
+    ])
+    .await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager.restart_process("a", false).await.unwrap();
+    let began = Instant::now();
+    s.manager.shutdown("test").await;
+    // force_shutdown_timeout is 30 s.
+    assert!(began.elapsed() <= secs(31), "{:?}", began.elapsed());
+    for id in ["a", "b"] {
+        assert_eq!(s.status(id).state, ProcessState::Stopped);
+        assert!(s.fake.alive(&s.tag(id)).is_empty());
+        let last = s.events.transitions(id).pop().unwrap();
+        assert!(last.contains("manager shutting down"), "{last}");
+    }
+}
