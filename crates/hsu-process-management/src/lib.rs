@@ -5,19 +5,21 @@
 //!
 //! [`ProcessManager::start`] takes the process definitions the config loader produced
 //! and spawns one supervisor task per managed process ([`process_control_impl`]). That
-//! task owns everything about its process — the child handle, the state machine, the
-//! restart bookkeeping ([`lifecycle`]) — and runs an event loop over the child's exit
-//! (reported by the kernel through the runtime, never polled), three timers (backoff
-//! restart, breaker cooldown, stability after `reset_after`) and a control queue. Callers
-//! send a command and await its reply; the latest status is published on a watch channel,
-//! so reading status never waits on a busy supervisor.
+//! task owns everything about its process — its run, the state machine, the restart
+//! bookkeeping ([`lifecycle`]) — and runs an event loop over one kind of input: control
+//! commands, the child's exit (reported by the kernel through the runtime, never polled),
+//! monitors' reports, and the deadlines of its current phase. It never awaits anything
+//! but its next input: a stop is a `stopping` phase with a SIGKILL deadline, so status,
+//! a second stop (which joins) and a forced stop are served while a process takes its
+//! time to die. Callers send a command and await its reply; the latest status is
+//! published on a watch channel, so reading status never waits on a supervisor.
 //!
-//! An exit flows: kernel → `Child::wait` resolves → the supervisor records `exited`,
-//! cleans up what is left of the tree, asks the [`lifecycle::RestartTracker`] for a
-//! [`lifecycle::Decision`], moves the state machine (one `state_changed` event each) and
-//! arms the restart or cooldown timer. A stop request flows: command → `stopping` →
-//! `hsu_process::terminate_tree` (stop signal to the group and escaped members, wait up
-//! to `graceful_timeout`, SIGKILL the rest, return when nothing is left) → `stopped`.
+//! The supervisor reaches the operating system only through the [`platform::Platform`]
+//! trait (spawn, signal a tree, list a tree, reap orphans), which unit tests replace with
+//! a made-up platform under a paused clock. File writes that sync (PID files,
+//! `state.json`) go to a background writer thread, never onto the runtime's workers.
+//!
+//! `docs/architecture.md` has the table of what each input does in each state.
 //!
 //! This crate must never set a state by hand (only through the state machine) and never
 //! reap a process it does not know to be an orphan.

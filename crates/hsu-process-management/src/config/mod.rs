@@ -228,11 +228,19 @@ pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
         problems.sort_by_key(|p| (p.line, p.col));
         return Err(ConfigErrors(problems));
     }
+    let mut processes = parts.processes;
+    if !parts.log_collection.enabled {
+        // The top-level switch turns capture off for every process; a process's own
+        // `enabled` can only turn it off for itself.
+        for p in &mut processes {
+            p.log_collection.enabled = false;
+        }
+    }
     Ok(Config {
         source: absolute,
         config_dir,
         manager: parts.manager,
-        processes: parts.processes,
+        processes,
         log_collection: parts.log_collection,
     })
 }

@@ -714,3 +714,23 @@ managed_processes:
         }
     );
 }
+
+#[test]
+fn top_level_log_collection_off_turns_capture_off_for_every_process() {
+    let text = r#"
+log_collection: {enabled: false}
+managed_processes:
+  - id: a
+    type: standard_managed
+    management: {control: {executable: /bin/true}}
+  - id: b
+    type: standard_managed
+    management:
+      control: {executable: /bin/true}
+      log_collection: {enabled: true}
+"#;
+    let c = ok(text);
+    assert!(c.processes.iter().all(|p| !p.log_collection.enabled));
+    let on = ok(&text.replace("enabled: false", "enabled: true"));
+    assert!(on.processes.iter().all(|p| p.log_collection.enabled));
+}
