@@ -6,6 +6,12 @@
 //! [`ExitInfo`], and a [`Child`] to await. Linux is implemented; other back ends slot in
 //! beside `linux.rs` behind the same functions.
 //!
+//! A child starts clean: the leader of its own process group, an empty signal mask, and
+//! exactly stdin, stdout and stderr as descriptors (once the binary has called
+//! [`seal_inherited_fds`]). A stop is either awaited whole ([`terminate_tree`]) or driven
+//! step by step from a supervisor's timers ([`signal_tree`], then [`kill_tree_once`]
+//! until it finds nothing), so the supervisor never has to block on a dying tree.
+//!
 //! It must never reap a process it did not spawn unless it knows that process to be an
 //! orphan handed to the manager (never `waitpid(-1)`): the async runtime reaps the
 //! children it spawned, and stealing one of their exit statuses would hide an exit.
@@ -107,7 +113,8 @@ pub fn tree_of(root: u32, tag: &str) -> Vec<u32> {
     platform::tree(root, tag)
 }
 
-/// Spawns `spec` as the leader of a new process group with a clean signal mask.
+/// Spawns `spec` as the leader of a new process group with an empty signal mask, whatever
+/// the spawning thread blocks (the standard library would pass that thread's mask on).
 pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
     let tag = spec.tag.clone();
     let (pid, inner) = platform::spawn(spec)?;
@@ -187,9 +194,68 @@ pub struct Termination {
     pub survivors: Vec<u32>,
 }
 
+/// Marks every file descriptor above 2 of the manager close-on-exec, so that a child gets
+/// exactly stdin, stdout and stderr and never a descriptor the manager inherited from the
+/// shell (or service manager) that launched it. Every descriptor the manager opens itself
+/// is already close-on-exec (the standard library and Tokio open them so); this seals the
+/// ones it was born with. Call it first thing in `main`, before any thread is started.
+pub fn seal_inherited_fds() -> std::io::Result<()> {
+    platform::seal_inherited_fds()
+}
+
+/// Sends `signal` to process group `root` and to every member of the tree (see
+/// [`tree_of`]) that left that group; returns the members as found before signalling.
+/// Does not wait: for a supervisor that starts a stop and watches it from a timer.
+pub fn signal_tree(root: u32, tag: &str, signal: StopSignal) -> Vec<u32> {
+    let members = tree_of(root, tag);
+    signal_group(root, signal);
+    for &pid in &members {
+        // A member still in the group got the signal above; a second copy could count
+        // as a second request (e.g. "press Ctrl-C twice to force").
+        if pid != root && platform::group_of(pid) != Some(root) {
+            signal_process(pid, signal);
+        }
+    }
+    members
+}
+
+/// One SIGKILL sweep of a tree: SIGKILL to process group `root` and to every member
+/// found, then a fresh look. Returns what is still alive: members not yet dead, and any
+/// forked between the look and the kill. Does not wait; call it again (from a timer)
+/// until it returns nothing. Where the manager is no subreaper, orphans re-parented to
+/// init are found by their tag (a scan of every process).
+///
+/// Meant for a tree whose main process has not been reaped yet or was reaped moments ago:
+/// the group id is only certain to be the tree's while some member holds it.
+pub fn kill_tree_once(root: u32, tag: &str) -> Vec<u32> {
+    for pid in sweep_scan(root, tag) {
+        signal_process(pid, StopSignal::Kill);
+    }
+    signal_group(root, StopSignal::Kill);
+    sweep_scan(root, tag)
+}
+
+/// The tree as a sweep must see it: [`tree_of`], plus, without a subreaper, every
+/// process carrying `tag` (orphans went to init and no walk from the manager finds them).
+fn sweep_scan(root: u32, tag: &str) -> Vec<u32> {
+    let mut members = tree_of(root, tag);
+    if !platform::is_subreaper() {
+        merge(&mut members, &platform::tagged(tag));
+    }
+    members
+}
+
+/// Keeps the PIDs of `known` that are alive and still this tree's (in the latest `scan`,
+/// or carrying the tag), so a PID reused by a stranger is never signalled.
+fn retain_ours(known: &mut Vec<u32>, scan: &[u32], tag: &str) {
+    known.retain(|&p| is_alive(p) && (scan.contains(&p) || platform::carries_tag(p, tag)));
+}
+
 /// Stops a whole process tree: `signal` to the group and to every escaped member, wait up
-/// to `graceful_timeout` for all of it to go, then SIGKILL everything left. Returns once
-/// nothing of the tree is alive (or after a bounded wait for the unkillable).
+/// to `graceful_timeout` for all of it to go, then SIGKILL everything left, sweeping again
+/// and again (members may be forking and leaving their group while it is killed) until
+/// two looks in a row find nothing alive. Returns once nothing of the tree is alive, or
+/// after a bounded wait (5 s of sweeping) for the unkillable, which it reports.
 pub async fn terminate_tree(
     child: &mut Child,
     signal: StopSignal,
@@ -198,13 +264,9 @@ pub async fn terminate_tree(
     const POLL: Duration = Duration::from_millis(20);
     const KILL_GRACE: Duration = Duration::from_secs(5);
 
-    let mut known = child.tree();
-    signal_group(child.pid, signal);
-    for &pid in &known {
-        if pid != child.pid {
-            signal_process(pid, signal);
-        }
-    }
+    let root = child.pid;
+    let tag = child.tag.clone();
+    let mut known = signal_tree(root, &tag, signal);
 
     let deadline = tokio::time::Instant::now() + graceful_timeout;
     let mut exit = None;
@@ -226,30 +288,31 @@ pub async fn terminate_tree(
             )
             .await;
         }
-        merge(&mut known, &child.tree());
-        known.retain(|&p| is_alive(p));
         reap_orphans();
-        if exit.is_some() && known.is_empty() {
-            return Ok(Termination {
-                exit: exit.unwrap_or(ExitInfo {
-                    code: None,
-                    signal: None,
-                }),
-                forced: false,
-                survivors: Vec::new(),
-            });
+        let scan = child.tree();
+        merge(&mut known, &scan);
+        retain_ours(&mut known, &scan, &tag);
+        // One more look, the wide one, before believing the tree is gone.
+        if let (Some(exit), true) = (exit, known.is_empty()) {
+            if sweep_scan(root, &tag).is_empty() {
+                return Ok(Termination {
+                    exit,
+                    forced: false,
+                    survivors: Vec::new(),
+                });
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
     }
 
-    // Forced phase.
+    // Forced phase: sweep until two looks in a row find nothing, so a member forked
+    // between a look and its kill is caught by the next one.
     let kill_deadline = tokio::time::Instant::now() + KILL_GRACE;
+    let mut clean_looks = 0;
     loop {
-        merge(&mut known, &child.tree());
-        known.retain(|&p| is_alive(p));
-        signal_group(child.pid, StopSignal::Kill);
+        let left = kill_tree_once(root, &tag);
         for &pid in &known {
             signal_process(pid, StopSignal::Kill);
         }
@@ -261,9 +324,17 @@ pub async fn terminate_tree(
             tokio::time::sleep(POLL).await;
         }
         reap_orphans();
-        known.retain(|&p| is_alive(p));
+        let scan = sweep_scan(root, &tag);
+        merge(&mut known, &left);
+        merge(&mut known, &scan);
+        retain_ours(&mut known, &scan, &tag);
         if exit.is_some() && known.is_empty() {
-            break;
+            clean_looks += 1;
+            if clean_looks >= 2 {
+                break;
+            }
+        } else {
+            clean_looks = 0;
         }
         if tokio::time::Instant::now() >= kill_deadline {
             break;
@@ -382,5 +453,195 @@ mod tests {
         // Another tree's tag does not match.
         assert!(child.tree().is_empty());
         reap_orphans();
+    }
+
+    /// The `SigBlk` mask of `/proc/<pid>/status` (or of `/proc/<pid>/task/<tid>/status`).
+    fn blocked_mask(status_path: &str) -> u64 {
+        let text = std::fs::read_to_string(status_path).unwrap();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .unwrap_or_else(|| panic!("no SigBlk in {status_path}: {text}"));
+        u64::from_str_radix(line.trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn child_signal_mask_is_empty_whatever_the_spawning_thread_blocks() {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+        // A thread of its own, so the blocked signals stay out of the other tests.
+        let (thread_mask, child_mask) = std::thread::spawn(|| {
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGTERM);
+            set.add(Signal::SIGUSR1);
+            pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).unwrap();
+            // SAFETY: gettid(2) has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let me = std::process::id();
+            let thread_mask = blocked_mask(&format!("/proc/{me}/task/{tid}/status"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let child_mask = rt.block_on(async {
+                let mut child = spawn(spec("sleep", &["30"], "t#sigmask")).unwrap();
+                // The mask is the exec'd program's once its name is `sleep`.
+                assert!(eventually(Duration::from_secs(10), || {
+                    std::fs::read_to_string(format!("/proc/{}/comm", child.pid()))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                }));
+                let mask = blocked_mask(&format!("/proc/{}/status", child.pid()));
+                signal_process(child.pid(), StopSignal::Kill);
+                child.wait().await.unwrap();
+                mask
+            });
+            (thread_mask, child_mask)
+        })
+        .join()
+        .unwrap();
+        let bit = |sig: i32| 1u64 << (sig - 1);
+        assert_eq!(
+            thread_mask & (bit(libc::SIGTERM) | bit(libc::SIGUSR1)),
+            bit(libc::SIGTERM) | bit(libc::SIGUSR1),
+            "the spawning thread blocks SIGTERM and SIGUSR1: {thread_mask:#x}"
+        );
+        assert_eq!(
+            child_mask, 0,
+            "the child's blocked signals: {child_mask:#x}"
+        );
+    }
+
+    /// The descriptors `ls` sees in itself, spawned through [`spawn`], without the one it
+    /// opens to read the directory (the highest it lists, always 3 in a clean child).
+    async fn descriptors_of_a_child(tag: &str) -> Vec<i32> {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("fds");
+        let out = File::create(&out_path).unwrap();
+        let mut child = spawn(SpawnSpec {
+            stdout: Some(out),
+            ..spec("ls", &["-1", "/proc/self/fd"], tag)
+        })
+        .unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let mut fds: Vec<i32> = std::fs::read_to_string(&out_path)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    #[tokio::test]
+    async fn sealed_manager_gives_children_only_stdio() {
+        // An inherited descriptor, as a careless launching shell leaves one: high, so it
+        // cannot be confused with `ls`'s own, and without FD_CLOEXEC.
+        // SAFETY: F_DUPFD duplicates descriptor 0 (open for every test process) onto the
+        // lowest free number >= 200; the copy is closed below.
+        let stray = unsafe { libc::fcntl(0, libc::F_DUPFD, 200) };
+        assert!(stray >= 200, "{}", std::io::Error::last_os_error());
+        let leaked = descriptors_of_a_child("t#fds-before").await;
+        assert!(
+            leaked.contains(&stray),
+            "before sealing the stray fd {stray} reaches the child: {leaked:?}"
+        );
+        seal_inherited_fds().unwrap();
+        // SAFETY: reads the flags of a descriptor this test owns.
+        let flags = unsafe { libc::fcntl(stray, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let fds = descriptors_of_a_child("t#fds-after").await;
+        // SAFETY: closes the descriptor duplicated above, which nothing else uses.
+        unsafe { libc::close(stray) };
+        assert_eq!(fds, vec![0, 1, 2, 3], "0-2 and ls's own directory (3)");
+    }
+
+    #[tokio::test]
+    async fn signal_tree_and_kill_tree_once_reach_members_that_left_the_group() {
+        become_subreaper().unwrap();
+        let tag = &format!("t{}#sweep-primitives", std::process::id());
+        // A TERM-ignoring main, a child in its group and one in a session of its own.
+        let mut child = spawn(spec(
+            "sh",
+            &[
+                "-c",
+                "setsid sleep 30 & sleep 30 & trap '' TERM; exec sleep 30",
+            ],
+            tag,
+        ))
+        .unwrap();
+        let root = child.pid();
+        let mut members = Vec::new();
+        // Ready once all three are `sleep`: the main shell has set its trap and exec'd,
+        // and `setsid` has left the group and exec'd.
+        assert!(eventually(Duration::from_secs(10), || {
+            members = tree_of(root, tag);
+            members.len() == 3
+                && members.iter().all(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+        }));
+        let escaped: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|&p| platform::group_of(p) != Some(root))
+            .collect();
+        assert_eq!(escaped.len(), 1, "{members:?}");
+        // `sleep` keeps TERM's default action: the escaped one dies of the signal, so it
+        // was signalled although it is in no group of the tree.
+        let signalled = signal_tree(root, tag, StopSignal::Term);
+        assert_eq!(signalled, members);
+        assert!(eventually(Duration::from_secs(10), || !is_alive(
+            escaped[0]
+        )));
+        assert!(is_alive(root), "the main process ignores SIGTERM");
+        // SIGKILL sweeps until nothing is left; each returns at once.
+        let mut left = Vec::new();
+        assert!(eventually(Duration::from_secs(10), || {
+            let t = Instant::now();
+            left = kill_tree_once(root, tag);
+            assert!(t.elapsed() < Duration::from_secs(2), "a sweep blocked");
+            left.is_empty()
+        }));
+        let exit = child.wait().await.unwrap();
+        assert_eq!(exit.signal, Some(libc::SIGKILL));
+        assert!(members.iter().all(|&p| !is_alive(p)), "{members:?}");
+        reap_orphans();
+    }
+
+    /// Live processes (not zombies) carrying `tag`, anywhere on the system.
+    fn tagged_alive(tag: &str) -> Vec<u32> {
+        platform::tagged(tag)
+    }
+
+    #[tokio::test]
+    async fn stop_sweeps_a_setsid_fork_storm_until_nothing_is_left() {
+        become_subreaper().unwrap();
+        // The main shell ignores TERM and keeps starting children that leave for a session
+        // of their own, fork two TERM-ignoring sleepers there and exit: the sleepers are
+        // orphans in groups the stop signal never reaches, appearing while the tree is
+        // being killed.
+        let storm = "trap '' TERM; \
+             while :; do setsid sh -c 'sleep 30 & sleep 30 & exit 0' & \
+             setsid sh -c 'sleep 30 & exit 0' & sleep 0.005; done";
+        for round in 0..3 {
+            // Unique to this test process, so a survivor of an earlier run cannot be mistaken.
+            let tag = format!("t{}#storm-{round}", std::process::id());
+            let mut child = spawn(spec("sh", &["-c", storm], &tag)).unwrap();
+            // Let it grow: several escaped sleepers exist.
+            assert!(eventually(Duration::from_secs(20), || {
+                tagged_alive(&tag).len() >= 10
+            }));
+            let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_millis(300))
+                .await
+                .unwrap();
+            assert!(t.forced, "the storm ignores SIGTERM");
+            assert!(t.survivors.is_empty(), "round {round}: {:?}", t.survivors);
+            let left = tagged_alive(&tag);
+            assert!(
+                left.is_empty(),
+                "round {round}: alive after the stop: {left:?}"
+            );
+            reap_orphans();
+        }
     }
 }

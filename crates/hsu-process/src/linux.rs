@@ -1,12 +1,18 @@
-//! Linux back end: process groups via process-wrap, `/proc` for the tree, the child
-//! subreaper flag via prctl, and targeted `waitpid` for orphans.
+//! Linux back end: process groups via the standard library's `process_group`, `/proc`
+//! for the tree, the child subreaper flag via prctl, and targeted `waitpid` for orphans.
+//!
+//! A child does not start clean by itself. The standard library no longer empties the
+//! signal mask between fork and exec (it did until rust-lang/rust#101077, 2022; now a
+//! child inherits the mask of the thread that spawns it, so that `nohup`-style blocking
+//! reaches grandchildren), and it never closes descriptors the manager inherited without
+//! `FD_CLOEXEC`. So `spawn` empties the mask itself, in the child before exec, and
+//! [`seal_inherited_fds`] marks the inherited descriptors once, at start.
 
 use crate::{ExitInfo, SpawnError, SpawnSpec, TAG_ENV};
 use hsu_common::StopSignal;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use process_wrap::tokio::{CommandWrap, ProcessGroup, ResetSigmask};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -61,12 +67,27 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
         .env(TAG_ENV, &spec.tag)
         .stdin(Stdio::null())
         .stdout(spec.stdout.map_or_else(Stdio::null, Stdio::from))
-        .stderr(spec.stderr.map_or_else(Stdio::null, Stdio::from));
-    let mut wrap = CommandWrap::from(cmd);
-    wrap.wrap(ProcessGroup::leader()).wrap(ResetSigmask);
+        .stderr(spec.stderr.map_or_else(Stdio::null, Stdio::from))
+        // Its own group, led by itself: the stop signal goes to the group.
+        .process_group(0);
+    // A signal the spawning thread blocks must not stay blocked in the child: a SIGTERM
+    // it never sees turns every stop into a SIGKILL after graceful_timeout.
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: sigemptyset and pthread_sigmask are, and it
+    // allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            match libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                errno => Err(std::io::Error::from_raw_os_error(errno)),
+            }
+        });
+    }
 
     let mut registry = spawned();
-    let wrapped = wrap.spawn().map_err(|e| match e.kind() {
+    let child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SpawnError::NotFound {
             program: program.clone(),
             os: e.to_string(),
@@ -79,14 +100,6 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
             program: program.clone(),
             message: e.to_string(),
         },
-    })?;
-    // SAFETY: the only wrappers are ProcessGroup (whose child type waits for the whole
-    // group before reporting the leader's exit, which would delay supervision) and
-    // ResetSigmask (pre-exec only). Dropping them removes no cleanup we rely on: the
-    // group is signalled and reaped by `terminate_tree` and the orphan reaper instead.
-    let child = unsafe { wrapped.try_into_inner_child() }.map_err(|_| SpawnError::Other {
-        program: program.clone(),
-        message: "process-wrap returned no native child".into(),
     })?;
     let pid = child.id().ok_or_else(|| SpawnError::Other {
         program,
@@ -339,4 +352,71 @@ impl ChildEventStream {
 
 pub fn child_events() -> std::io::Result<ChildEventStream> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).map(ChildEventStream)
+}
+
+/// The process group of `pid`; `None` when it is gone.
+pub fn group_of(pid: u32) -> Option<u32> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.stat())
+        .ok()?;
+    u32::try_from(stat.pgrp).ok()
+}
+
+/// Whether `pid` carries exactly `tag` (false when it is gone or unreadable).
+pub fn carries_tag(pid: u32, tag: &str) -> bool {
+    has_tag(pid, tag)
+}
+
+/// Every live process on the system that carries exactly `tag`, wherever it was
+/// re-parented: the last word of a sweep, for when the manager is no subreaper and an
+/// orphan went to init. Reads every process's environment: for stops, not for timers.
+pub fn tagged(tag: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut out: Vec<u32> = table()
+        .into_iter()
+        .filter(|r| !r.zombie && r.pid != me && has_tag(r.pid, tag))
+        .map(|r| r.pid)
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Whether the manager is a child subreaper (see [`become_subreaper`]).
+pub fn is_subreaper() -> bool {
+    SUBREAPER.load(Ordering::Relaxed)
+}
+
+pub fn seal_inherited_fds() -> std::io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing: it only sets the
+    // close-on-exec flag of the descriptors in the range, and reads or writes no memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // Older kernels (before 5.11 for the flag, 5.9 for the call): one descriptor at a
+    // time, as /proc lists them. The list is collected first, so the directory's own
+    // descriptor (closed by then) is just a failed fcntl below.
+    let fds: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags; a descriptor
+        // that is not open makes them fail with EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }

@@ -48,7 +48,8 @@ pub use assertions::{
     tagged_processes, unix_ms_now, wait_for, wait_for_pid_file, wait_until, TagGuard,
 };
 pub use log_parser::{
-    first_after, parse_problem, scheduled_restarts, Event, Problem, ScheduledRestart,
+    check_state_chain, first_after, parse_problem, scheduled_restarts, state_changes, Event,
+    Problem, ScheduledRestart,
 };
 pub use process_manager::{describe_exit, run_manager_command, ProcessManager, SHORT};
 pub use test_executor::{

@@ -195,6 +195,41 @@ pub fn check_journal(events: &[Event]) -> Result<(), String> {
     Ok(())
 }
 
+/// The `state_changed` events of process `id`, in order.
+pub fn state_changes<'a>(events: &'a [Event], id: &str) -> Vec<&'a Event> {
+    events
+        .iter()
+        .filter(|e| e.is_kind(id, "state_changed"))
+        .collect()
+}
+
+/// Checks the chain of `state_changed` events of process `id` alone: the first starts
+/// from `stopped`, each `from` is the previous `to`, every pair is one of
+/// [`ALLOWED_TRANSITIONS`], and each has a reason. The error names the offending event
+/// and lists the chain.
+pub fn check_state_chain(events: &[Event], id: &str) -> Result<(), String> {
+    let chain = state_changes(events, id);
+    let mut current = "stopped";
+    for e in &chain {
+        let problem = match (e.str("from"), e.str("to"), e.str("reason")) {
+            (Some(from), _, _) if from != current => Some(format!("`{id}` was {current}")),
+            (Some(from), Some(to), Some(_)) if ALLOWED_TRANSITIONS.contains(&(from, to)) => {
+                current = to;
+                None
+            }
+            (Some(_), Some(_), Some(_)) => Some("not in the state diagram".to_owned()),
+            _ => Some("from, to or reason missing".to_owned()),
+        };
+        if let Some(problem) = problem {
+            return Err(format!(
+                "{problem}: {e}\nthe chain of `{id}`:\n{}",
+                format_events(chain.iter().copied())
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One `restart_scheduled` event's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledRestart {
@@ -434,6 +469,32 @@ mod tests {
         let mut gap = journal(&ok);
         gap.remove(1);
         assert!(check_journal(&gap).unwrap_err().contains("seq"));
+    }
+
+    #[test]
+    fn state_chain_of_one_process() {
+        let sc = |f: &str, t: &str| {
+            format!(r#""kind":"state_changed","from":"{f}","to":"{t}","reason":"r""#)
+        };
+        let ok = [
+            sc("stopped", "starting"),
+            sc("starting", "running"),
+            sc("running", "stopping"),
+            sc("stopping", "stopped"),
+        ];
+        let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+        assert_eq!(check_state_chain(&journal(&ok), "a"), Ok(()));
+        assert_eq!(state_changes(&journal(&ok), "a").len(), 4);
+        assert_eq!(check_state_chain(&journal(&ok), "other"), Ok(()));
+        let broken = [sc("stopped", "starting"), sc("running", "stopping")];
+        let broken: Vec<&str> = broken.iter().map(String::as_str).collect();
+        let err = check_state_chain(&journal(&broken), "a").unwrap_err();
+        assert!(err.contains("was starting"), "{err}");
+        let illegal = [sc("stopped", "starting"), sc("starting", "stopped")];
+        let illegal: Vec<&str> = illegal.iter().map(String::as_str).collect();
+        assert!(check_state_chain(&journal(&illegal), "a")
+            .unwrap_err()
+            .contains("state diagram"));
     }
 
     #[test]

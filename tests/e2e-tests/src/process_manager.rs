@@ -9,7 +9,7 @@
 use crate::assertions::{
     describe_processes, kill_tagged, poll_until, send_signal, tagged_processes, wait_until,
 };
-use crate::log_parser::{check_journal, read_journal, Event};
+use crate::log_parser::{check_journal, check_state_chain, read_journal, Event};
 use crate::test_executor::{binaries, TestRun};
 use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -50,6 +50,29 @@ impl ProcessManager {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> ProcessManager {
+        Self::spawn(run, config_template, extra, env, Vec::new())
+    }
+
+    /// Like [`ProcessManager::start_with_args`], with the manager born holding `inherited`
+    /// open: each file at the given descriptor number, without close-on-exec, as a
+    /// careless launching shell leaves stray descriptors (`exec 7</dev/null`).
+    pub fn start_with_inherited_fds(
+        run: TestRun,
+        config_template: &str,
+        extra: &[&str],
+        inherited: Vec<(i32, File)>,
+    ) -> ProcessManager {
+        Self::spawn(run, config_template, extra, &[], inherited)
+    }
+
+    fn spawn(
+        run: TestRun,
+        config_template: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        inherited: Vec<(i32, File)>,
+    ) -> ProcessManager {
+        use std::os::fd::{AsRawFd, FromRawFd};
         let bins = binaries();
         run.write_config(config_template);
         let log = File::create(&run.log_path)
@@ -81,9 +104,45 @@ impl ProcessManager {
                 Ok(())
             });
         }
+        // Each file is first copied to a number far above every target (close-on-exec,
+        // in this process), so that no dup2 below overwrites a source not yet moved, and
+        // none is a no-op dup2(fd, fd) that would keep the close-on-exec flag.
+        let sources: Vec<(File, i32)> = inherited
+            .iter()
+            .map(|(target, file)| {
+                // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor this function owns; the
+                // copy is wrapped in a File at once, which closes it.
+                let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 500) };
+                assert!(fd >= 500, "{}", std::io::Error::last_os_error());
+                // SAFETY: `fd` was just created and is owned by nothing else.
+                (unsafe { File::from_raw_fd(fd) }, *target)
+            })
+            .collect();
+        let moves: Vec<(i32, i32)> = sources
+            .iter()
+            .map(|(file, target)| (file.as_raw_fd(), *target))
+            .collect();
+        if !moves.is_empty() {
+            // SAFETY: dup2(2) is async-signal-safe; the closure only reads its own vector
+            // (allocated before the fork). dup2 leaves the new descriptor without
+            // FD_CLOEXEC, so it survives the exec into the manager.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(from, to) in &moves {
+                        if libc::dup2(from, to) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        // The originals and their copies (close-on-exec) were only needed until the fork.
+        drop(sources);
+        drop(inherited);
         ProcessManager {
             run,
             child: Some(child),
@@ -281,6 +340,19 @@ impl ProcessManager {
         if let Err(e) = check_journal(&self.events()) {
             panic!("{}", self.failure(&format!("inconsistent journal: {e}")));
         }
+    }
+
+    /// Panics (with the journal) unless the `state_changed` chain of process `id` is
+    /// legal ([`check_state_chain`]); returns that chain.
+    pub fn assert_state_chain(&mut self, id: &str) -> Vec<Event> {
+        let events = self.events();
+        if let Err(e) = check_state_chain(&events, id) {
+            panic!("{}", self.failure(&format!("illegal transitions: {e}")));
+        }
+        crate::log_parser::state_changes(&events, id)
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// Sends `signal` to the manager (if it still runs).
