@@ -65,6 +65,11 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: descriptors inherited from whoever launched the manager
+    // must not reach its children.
+    if let Err(e) = hsu_process::seal_inherited_fds() {
+        eprintln!("warning: cannot mark inherited file descriptors close-on-exec: {e}");
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate) => match &cli.config {

@@ -320,7 +320,15 @@ impl ProcessManager {
     /// Starts a stopped or failed process (a start by hand also closes its breaker and
     /// clears a stopped-by-hand mark).
     pub async fn start_process(&self, id: &str) -> Result<(), ControlError> {
-        self.managed(id, true)?.start().await
+        let result = self.managed(id, true)?.start().await;
+        self.durable_barrier().await;
+        result
+    }
+
+    /// Resolves once the marks the supervisors set so far are on disk, so that an answer
+    /// to a stop or start survives a crash of the manager right after it.
+    async fn durable_barrier(&self) {
+        self.inner.ctx.writer.barrier().await;
     }
 
     /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL
@@ -328,7 +336,11 @@ impl ProcessManager {
     /// process stays stopped, across manager restarts too, until started by hand.
     pub async fn stop_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
         match self.handle_for(id, false)? {
-            Some(handle) => handle.stop(force).await,
+            Some(handle) => {
+                let result = handle.stop(force).await;
+                self.durable_barrier().await;
+                result
+            }
             // A disabled process that was never started is already stopped.
             None => Ok(()),
         }
@@ -336,7 +348,9 @@ impl ProcessManager {
 
     /// Stops (if running) and starts again; `force` ignores an open breaker.
     pub async fn restart_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
-        self.managed(id, true)?.restart(force).await
+        let result = self.managed(id, true)?.restart(force).await;
+        self.durable_barrier().await;
+        result
     }
 
     /// Applies a new set of definitions: starts added ones, stops removed ones, restarts

@@ -64,9 +64,13 @@ impl Platform for OsPlatform {
     }
 
     fn signal_tree(&self, tree: Tree<'_>, signal: StopSignal) {
-        hsu_process::signal_group(tree.root, signal);
-        for pid in self.tree(tree) {
-            hsu_process::signal_process(pid, signal);
+        if tree.root_reaped {
+            hsu_process::signal_group(tree.root, signal);
+            for pid in self.tree(tree) {
+                hsu_process::signal_process(pid, signal);
+            }
+        } else {
+            hsu_process::signal_tree(tree.root, tree.tag, signal);
         }
     }
 
@@ -78,7 +82,7 @@ impl Platform for OsPlatform {
         } else {
             tree.root
         };
-        hsu_process::tree_of(root, tree.tag)
+        hsu_process::sweep_scan(root, tree.tag)
     }
 
     fn reap_orphans(&self) {

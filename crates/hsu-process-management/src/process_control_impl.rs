@@ -52,6 +52,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often a tree being brought down is checked while members other than the main
 /// process (whose exit the kernel reports) remain.
 const SWEEP_FAST: Duration = Duration::from_millis(20);
+/// The second look at a tree that looked empty once, after members had to be killed.
+const SWEEP_CONFIRM: Duration = Duration::from_millis(5);
 /// The check interval after the first second of a long wait.
 const SWEEP_SLOW: Duration = Duration::from_millis(100);
 
@@ -372,6 +374,11 @@ struct Teardown {
     /// When to look at the tree next (while members other than the main process remain,
     /// or after SIGKILL).
     check_at: Option<Instant>,
+    /// The tree had members besides the main process, or needed SIGKILL: it is believed
+    /// gone only after two looks in a row find nothing (a member may be mid-fork).
+    crowded: bool,
+    /// The previous look found nothing alive.
+    seen_empty: bool,
     /// Stop callers, answered when the tree is gone.
     waiters: Vec<Reply>,
     then: Then,
@@ -1228,6 +1235,8 @@ impl Teardown {
             kill_at: now + graceful,
             killed_at: None,
             check_at: exit.map(|_| now + SWEEP_FAST),
+            crowded: false,
+            seen_empty: false,
             waiters: Vec::new(),
             then,
         }
@@ -1267,9 +1276,17 @@ impl Teardown {
         }
         platform.reap_orphans();
         let left = platform.tree(tree);
+        self.crowded |= self.killed_at.is_some() || left.iter().any(|&p| p != self.run.pid);
         if self.exit.is_some() && left.is_empty() {
-            return Some(Vec::new());
+            if !self.crowded || self.seen_empty {
+                return Some(Vec::new());
+            }
+            // Look once more, shortly: a member forked during the last sweep shows then.
+            self.seen_empty = true;
+            self.check_at = Some(now + SWEEP_CONFIRM);
+            return None;
         }
+        self.seen_empty = false;
         if self.killed_at.is_some_and(|k| now >= k + KILL_GRACE) {
             return Some(left);
         }

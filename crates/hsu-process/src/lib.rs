@@ -237,7 +237,7 @@ pub fn kill_tree_once(root: u32, tag: &str) -> Vec<u32> {
 
 /// The tree as a sweep must see it: [`tree_of`], plus, without a subreaper, every
 /// process carrying `tag` (orphans went to init and no walk from the manager finds them).
-fn sweep_scan(root: u32, tag: &str) -> Vec<u32> {
+pub fn sweep_scan(root: u32, tag: &str) -> Vec<u32> {
     let mut members = tree_of(root, tag);
     if !platform::is_subreaper() {
         merge(&mut members, &platform::tagged(tag));
