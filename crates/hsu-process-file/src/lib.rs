@@ -11,7 +11,7 @@ mod lock;
 mod pid_file;
 mod state_file;
 
-pub use journal::{Journal, JournalError};
+pub use journal::{Follow, Journal, JournalError, JournalOptions};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
 pub use state_file::StateFile;
