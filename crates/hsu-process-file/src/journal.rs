@@ -709,8 +709,7 @@ mod tests {
         // and the answer is unchanged.
         let oldest = (1..=10)
             .map(|n| rotated(&path, n))
-            .filter(|p| p.exists())
-            .next_back()
+            .rfind(|p| p.exists())
             .unwrap();
         std::fs::write(&oldest, "garbage\n").unwrap();
         assert_eq!(seqs(&j.since(Some(20))), (21..=30).collect::<Vec<_>>());
