@@ -19,13 +19,21 @@
 //! `hsu_process::terminate_tree` (stop signal to the group and escaped members, wait up
 //! to `graceful_timeout`, SIGKILL the rest, return when nothing is left) → `stopped`.
 //!
+//! The layers above (the control API) come in through one door, [`facade::ManagerFacade`]:
+//! processes and their health, control requests, reload, shutdown, captured output and
+//! the event journal, without reaching around the manager to files or the platform.
+//!
 //! This crate must never set a state by hand (only through the state machine) and never
 //! reap a process it does not know to be an orphan.
 
 pub mod config;
+pub mod facade;
 pub mod lifecycle;
 pub mod manager;
 pub mod process_control_impl;
 
+pub use facade::{
+    EventFollower, Followed, LogError, ManagerFacade, ManagerUsage, ProcessView, ReloadError,
+};
 pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};
 pub use process_control_impl::ProcessHandle;
