@@ -33,7 +33,8 @@ pub mod manager;
 pub mod process_control_impl;
 
 pub use facade::{
-    EventFollower, Followed, LogError, ManagerFacade, ManagerUsage, ProcessView, ReloadError,
+    Event, EventFollower, EventKind, Followed, HealthReport, HealthStatus, Journal, JournalError,
+    JournalOptions, LogError, ManagerFacade, ManagerUsage, ProcessView, ReloadError, Stream,
 };
 pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};
 pub use process_control_impl::ProcessHandle;
