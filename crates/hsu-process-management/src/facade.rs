@@ -441,6 +441,17 @@ mod tests {
             }
         }
         assert_eq!(seqs, [2, 3, 4]);
+
+        // A follower that falls behind is told how many events it missed, then goes on.
+        let mut slow = f.follow_events(None).await;
+        for _ in 0..1100 {
+            journal.emit(None, EventKind::ManagerStopped { reason: "x".into() });
+        }
+        assert_eq!(slow.next().await, Some(Followed::Lagged { missed: 76 }));
+        match slow.next().await {
+            Some(Followed::Event(e)) => assert_eq!(e.seq, 4 + 76 + 1),
+            other => panic!("unexpected {other:?}"),
+        }
         f.shutdown("test").await;
     }
 }
