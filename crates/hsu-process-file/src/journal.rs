@@ -336,6 +336,8 @@ impl Journal {
             std::iter::once(self.path.clone())
                 .chain((1..=self.options.max_files).map(|n| rotated(&self.path, n)))
                 .filter_map(|p| File::open(p).ok())
+                // Only regular files: a device under the name would never end.
+                .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
                 .collect()
         };
         let mut chunks: Vec<Vec<Event>> = Vec::new();
@@ -762,9 +764,10 @@ mod tests {
         }
         j.flush();
         assert_eq!(j.write_failures(), 5);
-        // Followers and recent readers still see every event.
+        // Followers and readers still see every event still in memory.
         assert_eq!(rx.try_recv().unwrap().seq, 1);
         assert_eq!(seqs(&j.since(Some(2))), vec![3, 4, 5]);
+        assert_eq!(seqs(&j.since(None)), vec![2, 3, 4, 5]);
 
         // A directory removed under a journal: rotation and reopening fail, counted.
         let gone = tempfile::tempdir().unwrap();
