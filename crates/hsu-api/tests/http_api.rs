@@ -523,6 +523,30 @@ async fn openapi_lists_every_route_and_each_get_answers() {
     listed.sort();
     want.sort();
     assert_eq!(listed, want);
+    // Query parameters are listed where the routes take them.
+    let query_params = |method: &str, path: &str| -> Vec<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        query_params("post", "/api/v1/processes/{id}/stop"),
+        ["force"]
+    );
+    assert_eq!(
+        query_params("post", "/api/v1/processes/{id}/restart"),
+        ["force"]
+    );
+    assert_eq!(query_params("get", "/api/v1/events"), ["follow", "since"]);
+    // The enum fields are listed with their words.
+    assert_eq!(
+        doc["components"]["schemas"]["Circuit"]["enum"],
+        serde_json::json!(["closed", "open", "half_open"])
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer_token"]["scheme"],
         "bearer"
