@@ -3,7 +3,7 @@
 //! prints the answer for people (or `--json` for scripts).
 
 use clap::{Args, Subcommand};
-use hsu_api::{ApiAddress, ApiClient, ClientError, Process};
+use hsu_api::{ApiAddress, ApiClient, Circuit, ClientError, Process, State};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,7 +30,12 @@ pub enum ClientCommand {
     /// Start a stopped or failed process (also closes its circuit breaker).
     Start { id: String },
     /// Stop a process and everything it started.
-    Stop { id: String },
+    Stop {
+        id: String,
+        /// Kill the whole tree now (SIGKILL), also ending a graceful stop in progress.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop and start a process.
     Restart {
         id: String,
@@ -203,8 +208,8 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
             let a = client.start(&id).await?;
             print_after(&mut out, "started", &id, a.process.as_ref());
         }
-        ClientCommand::Stop { id } => {
-            let a = client.stop(&id).await?;
+        ClientCommand::Stop { id, force } => {
+            let a = client.stop(&id, force).await?;
             print_after(&mut out, "stopped", &id, a.process.as_ref());
         }
         ClientCommand::Restart { id, force } => {
@@ -290,18 +295,18 @@ pub fn status_table(processes: &[Process]) -> String {
         "ID", "TYPE", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "CPU%", "MEM",
     ]);
     for p in processes {
-        let state = match (&p.state[..], p.circuit.as_str()) {
-            ("failed", "open") => "failed (circuit open)".to_owned(),
-            _ => p.state.clone(),
+        let state = match (p.state, p.circuit) {
+            (State::Failed, Circuit::Open) => "failed (circuit open)".to_owned(),
+            (state, _) => state.to_string(),
         };
         table.add_row([
             p.id.clone(),
-            p.process_type.replace("_managed", ""),
+            p.process_type.as_str().replace("_managed", ""),
             state,
             p.pid.map_or("-".into(), |v| v.to_string()),
             p.uptime_secs.map_or("-".into(), human_duration),
             p.restart_count.to_string(),
-            p.health.status.clone(),
+            p.health.status.to_string(),
             p.resources
                 .as_ref()
                 .map_or("-".into(), |r| format!("{:.1}", r.cpu_percent)),

@@ -8,11 +8,11 @@ mod cli;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use hsu_api::{ApiMetrics, ApiState, ListenSettings};
+use hsu_api::{ApiState, ListenSettings};
 use hsu_common::{EventKind, EventSink};
-use hsu_process_file::{Journal, ManagerLock};
+use hsu_process_file::{Journal, JournalOptions, ManagerLock};
 use hsu_process_management::config::{self, Config};
-use hsu_process_management::{ManagerOptions, ProcessManager};
+use hsu_process_management::{ManagerFacade, ManagerOptions, ProcessManager};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -208,7 +208,14 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
         .with_context(|| format!("cannot create base directory {}", base.display()))?;
     let base = base.canonicalize().unwrap_or(base);
     let _lock = ManagerLock::acquire(&base.join("manager.lock"))?;
-    let journal = Arc::new(Journal::open(&base.join("events.jsonl"))?);
+    let journal = Arc::new(Journal::open_with(
+        &base.join("events.jsonl"),
+        JournalOptions {
+            max_size: cfg.manager.event_journal.max_size,
+            max_files: cfg.manager.event_journal.max_files,
+            ..JournalOptions::default()
+        },
+    )?);
     let log_dir = if cfg.log_collection.directory.is_absolute() {
         cfg.log_collection.directory.clone()
     } else {
@@ -227,16 +234,8 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
         resource_sample_interval: cfg.manager.resource_sample_interval,
     };
     let manager = ProcessManager::new(options, journal.clone())?;
-    let state = ApiState {
-        manager: manager.clone(),
-        journal: journal.clone(),
-        config_path: cfg.source.clone(),
-        base_dir: base.clone(),
-        log_dir,
-        token: token.map(Into::into),
-        metrics: Arc::new(ApiMetrics::default()),
-        started_at: std::time::SystemTime::now(),
-    };
+    let facade = ManagerFacade::new(manager.clone(), journal.clone(), cfg.source.clone());
+    let state = ApiState::new(facade.clone(), token.map(Into::into));
     // Listeners first: a port in use fails the start before any process runs.
     let server = hsu_api::server::start(state, listen).await?;
     tracing::info!(
@@ -262,8 +261,10 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
         .wait_for_shutdown(&manager, &cfg.source, args.run_duration)
         .await;
     tracing::info!("shutting down: {reason}");
-    manager.shutdown(&reason).await;
+    facade.shutdown(&reason).await;
     server.stop().await;
+    // Last: `manager_stopped` and everything before it are on disk before the exit.
+    facade.close_journal().await;
     tracing::info!("all processes stopped; bye");
     Ok(())
 }

@@ -13,13 +13,12 @@
 use bytes::Bytes;
 use hsu_api::client::ApiClient;
 use hsu_api::server::{self, RunningServer};
-use hsu_api::{ApiAddress, ApiMetrics, ApiState, ListenSettings, Process};
+use hsu_api::{ApiAddress, ApiState, ListenSettings, Process};
 use hsu_common::ProcessState;
 use hsu_managed_process::{
     ControlSpec, HealthCheckSpec, ProcessDefinition, ProcessLogCollection, ProcessType,
 };
-use hsu_process_file::Journal;
-use hsu_process_management::{ManagerOptions, ProcessManager};
+use hsu_process_management::{Journal, ManagerFacade, ManagerOptions, ProcessManager};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
@@ -212,16 +211,8 @@ fn measure(
     report.rss_started = rss_bytes();
 
     // 2. The API, as the binary serves it (TCP on loopback, no token).
-    let state = ApiState {
-        manager: manager.clone(),
-        journal,
-        config_path: base.join("config.yaml"),
-        base_dir: base.to_path_buf(),
-        log_dir: base.join("logs"),
-        token: None,
-        metrics: Arc::new(ApiMetrics::default()),
-        started_at: std::time::SystemTime::now(),
-    };
+    let facade = ManagerFacade::new(manager.clone(), journal, base.join("config.yaml"));
+    let state = ApiState::new(facade.clone(), None);
     let listen = ListenSettings {
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         port: 0,
@@ -242,7 +233,7 @@ fn measure(
 
     // 4. The list handler's work without HTTP, step by step.
     eprintln!("measuring the list handler in-process...");
-    handler_steps(manager, report)?;
+    handler_steps(&facade, report)?;
 
     // 5. Throughput.
     for keep_alive in [false, true] {
@@ -266,7 +257,7 @@ fn measure(
     std::thread::sleep(IDLE_WINDOW);
     report.idle = Some((Threads::now().since(&before), t.elapsed()));
     report.rss_idle = rss_bytes();
-    report.fds = hsu_process::self_usage().map(|u| u.open_fds);
+    report.fds = facade.usage().map(|u| u.open_fds);
     Ok(())
 }
 
@@ -359,7 +350,7 @@ async fn latency(client: &ApiClient, addr: SocketAddr, report: &mut Report) -> R
     report.list_bytes = raw_get(client, LIST).await?;
     report.one_bytes = raw_get(client, &one).await?;
     let listed = client.list().await.map_err(|e| e.to_string())?;
-    if listed.len() != processes() || listed.iter().any(|p| p.state != "running") {
+    if listed.len() != processes() || listed.iter().any(|p| p.state != hsu_api::State::Running) {
         return Err(format!(
             "the list shows {} processes, not {} running ones",
             listed.len(),
@@ -405,16 +396,13 @@ async fn latency(client: &ApiClient, addr: SocketAddr, report: &mut Report) -> R
 }
 
 /// The list handler's steps, timed one by one, on this thread (no HTTP, no runtime).
-fn handler_steps(manager: &ProcessManager, report: &mut Report) -> Res<()> {
+fn handler_steps(manager: &ManagerFacade, report: &mut Report) -> Res<()> {
     let mut steps: [Vec<Duration>; 4] = Default::default();
     for i in 0..WARMUP + REQUESTS {
         let t0 = Instant::now();
-        let overview = manager.overview();
+        let overview = manager.processes();
         let t1 = Instant::now();
-        let processes: Vec<Process> = overview
-            .iter()
-            .map(|(s, d)| Process::from_status(s, Some(d)))
-            .collect();
+        let processes: Vec<Process> = overview.iter().map(Process::from_view).collect();
         let t2 = Instant::now();
         let body = serde_json::to_vec(&processes).map_err(|e| e.to_string())?;
         let t3 = Instant::now();
@@ -427,8 +415,8 @@ fn handler_steps(manager: &ProcessManager, report: &mut Report) -> Res<()> {
     }
     let n = processes();
     let names = [
-        "manager.overview()".to_owned(),
-        format!("Process::from_status x {n}"),
+        "facade.processes()".to_owned(),
+        format!("Process::from_view x {n}"),
         "serde_json::to_vec".to_owned(),
         "all of the above".to_owned(),
     ];
@@ -587,7 +575,16 @@ fn secs(ns: u64) -> f64 {
 }
 
 fn rss_bytes() -> Option<u64> {
-    hsu_process::self_usage().map(|u| u.rss_bytes)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Peak resident set size (`VmHWM`).

@@ -3,7 +3,7 @@
 
 use crate::model::{Accepted, ApiError, Process, ReloadResult};
 use bytes::Bytes;
-use hsu_common::Event;
+use hsu_process_management::Event;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -320,8 +320,10 @@ impl ApiClient {
             .await
     }
 
-    pub async fn stop(&self, id: &str) -> Result<Accepted, ClientError> {
-        self.json(Method::POST, &format!("/api/v1/processes/{id}/stop"))
+    /// Stops a process; `force` SIGKILLs its whole tree at once.
+    pub async fn stop(&self, id: &str, force: bool) -> Result<Accepted, ClientError> {
+        let q = if force { "?force=true" } else { "" };
+        self.json(Method::POST, &format!("/api/v1/processes/{id}/stop{q}"))
             .await
     }
 
@@ -341,7 +343,16 @@ impl ApiClient {
 
     /// The whole journal.
     pub async fn events(&self) -> Result<Vec<Event>, ClientError> {
-        let resp = self.raw(Method::GET, "/api/v1/events", &[], None).await?;
+        self.events_since(None).await
+    }
+
+    /// The stored events with a `seq` above `since` (all of them for `None`).
+    pub async fn events_since(&self, since: Option<u64>) -> Result<Vec<Event>, ClientError> {
+        let path = match since {
+            Some(seq) => format!("/api/v1/events?since={seq}"),
+            None => "/api/v1/events".to_owned(),
+        };
+        let resp = self.raw(Method::GET, &path, &[], None).await?;
         if resp.status != 200 {
             return Err(self.api_error(resp));
         }
@@ -353,7 +364,9 @@ impl ApiClient {
     }
 
     /// Follows new events as server-sent events, calling `on_event` for each until it
-    /// returns false or the stream ends.
+    /// returns false or the stream ends. (Lag notices, `event: lagged`, are skipped; a
+    /// caller that must not miss an event compares `seq`s and asks
+    /// [`Self::events_since`] for a gap.)
     pub async fn follow_events(
         &self,
         mut on_event: impl FnMut(Event) -> bool,

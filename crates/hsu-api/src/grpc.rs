@@ -6,29 +6,30 @@
 //! [`routes`] returns an [`axum::Router`] holding one route per gRPC service; the API
 //! server hands it every `application/grpc` request, over HTTP/2 (h2c, prior knowledge)
 //! on the same port and on `api.sock`. Like the HTTP handlers, every call is one
-//! `ProcessManager` method and a translation of its result:
+//! operation of the shared [`crate::service`] layer and a translation of its result, by
+//! the error's variant:
 //!
-//! | result                        | gRPC status           |
-//! |-------------------------------|-----------------------|
-//! | unknown process               | `NOT_FOUND`           |
-//! | `ControlError::Conflict`      | `FAILED_PRECONDITION` |
-//! | `ControlError::Gone`          | `UNAVAILABLE`         |
-//! | invalid config on reload      | `INVALID_ARGUMENT`, every problem in the message |
-//! | missing or wrong bearer token | `UNAUTHENTICATED`     |
+//! | result                                         | gRPC status           |
+//! |------------------------------------------------|-----------------------|
+//! | unknown process                                | `NOT_FOUND`           |
+//! | `ControlError::Conflict`                       | `FAILED_PRECONDITION` |
+//! | `ControlError::Gone` / `Unavailable`, shutting down | `UNAVAILABLE`    |
+//! | a bad argument (unknown stream)                | `INVALID_ARGUMENT`    |
+//! | invalid config on reload                       | `INVALID_ARGUMENT`, every problem in the message |
+//! | missing or wrong bearer token                  | `UNAUTHENTICATED`     |
 //!
 //! With a token configured every `ProcessManager` call needs the metadata
 //! `authorization: Bearer <token>`; the health service stays open, like `GET /healthz`.
 
 use crate::model;
 use crate::server::bearer_value_matches;
+use crate::service::{Action, Followed, LogRequest, ServiceError};
 use crate::state::{ApiMetrics, ApiState};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use hsu_common::Event as JournalEvent;
-use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::ControlError;
+use hsu_process_management::{Event as JournalEvent, EventFollower};
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -167,23 +168,16 @@ impl GrpcApi {
         GrpcApi { state }
     }
 
-    /// The API view of `id`, or `NOT_FOUND`.
-    fn process(&self, id: &str) -> Result<pb::Process, Status> {
-        let manager = &self.state.manager;
-        let status = manager
-            .status(id)
-            .ok_or_else(|| control_status(ControlError::NotFound(id.to_owned())))?;
-        let def = manager.definition(id);
-        Ok(model::Process::from_status(&status, def.as_deref()).into())
-    }
-
-    fn accepted(&self, id: String, action: &str) -> Result<Response<pb::ActionResponse>, Status> {
-        // The process may be gone by now (a concurrent reload); the action still happened.
-        let process = self.process(&id).ok();
+    async fn act(
+        &self,
+        id: String,
+        action: Action,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let accepted = self.state.act(id, action).await.map_err(status)?;
         Ok(Response::new(pb::ActionResponse {
-            id,
-            action: action.into(),
-            process,
+            id: accepted.id.unwrap_or_default(),
+            action: accepted.action,
+            process: accepted.process.map(Into::into),
         }))
     }
 }
@@ -193,7 +187,20 @@ fn control_status(e: ControlError) -> Status {
     match e {
         ControlError::NotFound(_) => Status::not_found(message),
         ControlError::Conflict { .. } => Status::failed_precondition(message),
-        ControlError::Gone(_) => Status::unavailable(message),
+        ControlError::Gone(_) | ControlError::Unavailable(_) => Status::unavailable(message),
+    }
+}
+
+/// The gRPC status of a service error, by its variant.
+fn status(e: ServiceError) -> Status {
+    match e {
+        ServiceError::Control(c) => control_status(c),
+        ServiceError::Invalid(message) => Status::invalid_argument(message),
+        ServiceError::InvalidConfig { message, problems } => {
+            Status::invalid_argument(format!("{message}:\n{}", problems.join("\n")))
+        }
+        ServiceError::Unavailable(message) => Status::unavailable(message),
+        ServiceError::Internal(message) => Status::internal(message),
     }
 }
 
@@ -206,43 +213,28 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         &self,
         _req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        let manager = &self.state.manager;
-        let processes = manager
-            .overview()
-            .iter()
-            .map(|(s, def)| model::Process::from_status(s, Some(def)).into())
-            .collect();
+        let processes = self.state.list().into_iter().map(Into::into).collect();
         Ok(Response::new(pb::ListResponse { processes }))
     }
 
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Process>, Status> {
-        self.process(&req.into_inner().id).map(Response::new)
+        let process = self.state.get(&req.into_inner().id).map_err(status)?;
+        Ok(Response::new(process.into()))
     }
 
     async fn start(
         &self,
         req: Request<pb::ProcessRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        let id = req.into_inner().id;
-        self.state
-            .manager
-            .start_process(&id)
-            .await
-            .map_err(control_status)?;
-        self.accepted(id, "start")
+        self.act(req.into_inner().id, Action::Start).await
     }
 
     async fn stop(
         &self,
-        req: Request<pb::ProcessRequest>,
+        req: Request<pb::StopRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        let id = req.into_inner().id;
-        self.state
-            .manager
-            .stop_process(&id, false)
-            .await
-            .map_err(control_status)?;
-        self.accepted(id, "stop")
+        let pb::StopRequest { id, force } = req.into_inner();
+        self.act(id, Action::Stop { force }).await
     }
 
     async fn restart(
@@ -250,12 +242,7 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         req: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
         let pb::RestartRequest { id, force } = req.into_inner();
-        self.state
-            .manager
-            .restart_process(&id, force)
-            .await
-            .map_err(control_status)?;
-        self.accepted(id, "restart")
+        self.act(id, Action::Restart { force }).await
     }
 
     type LogsStream = ChunkStream;
@@ -270,19 +257,19 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
             tail,
             follow,
         } = req.into_inner();
-        // Only known ids name a file, so an id can never point outside the log directory.
-        if self.state.manager.status(&id).is_none() {
-            return Err(control_status(ControlError::NotFound(id)));
-        }
-        let stream = match stream.as_str() {
-            "" => Stream::Stdout,
-            name => name
-                .parse::<Stream>()
-                .map_err(|e| Status::invalid_argument(e.to_string()))?,
-        };
-        let path = CaptureFiles::new(&self.state.log_dir).path(&id, stream);
+        let request = LogRequest::new(Some(&stream), tail).map_err(status)?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::spawn(send_log(path, tail, follow, tx));
+        if follow {
+            let (bytes_tx, bytes_rx) = mpsc::channel::<Bytes>(8);
+            let producer = self
+                .state
+                .log_follow(&id, request, bytes_tx)
+                .map_err(status)?;
+            tokio::spawn(forward_log(producer, bytes_rx, tx));
+        } else {
+            let tail = self.state.log_tail(&id, request).await.map_err(status)?;
+            tokio::spawn(async move { send_chunks(&tail, &tx).await });
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -292,13 +279,24 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         &self,
         req: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let follow = req.into_inner().follow;
-        let journal = self.state.journal.clone();
-        // Subscribed before reading, so no event falls between the file and the live feed.
-        let live = follow.then(|| journal.subscribe());
-        let past = read_journal(&journal).await?;
+        let pb::EventsRequest { follow, since } = req.into_inner();
+        // `Events` is the journal (from its start unless `since` says otherwise), and
+        // with `follow` what comes next.
+        let since = Some(since.unwrap_or(0));
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(send_events(journal, past, live, tx));
+        if follow {
+            let follower = self.state.follow_events(since).await;
+            tokio::spawn(send_events(follower, tx));
+        } else {
+            let past = self.state.events(since).await;
+            tokio::spawn(async move {
+                for event in past {
+                    if tx.send(Ok(event.into())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -306,23 +304,13 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         &self,
         _req: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
-        match self
-            .state
-            .manager
-            .reload_from_file(&self.state.config_path)
-            .await
-        {
-            Ok(diff) => Ok(Response::new(pb::ReloadResponse {
-                added: diff.added,
-                removed: diff.removed,
-                changed: diff.changed,
-                unchanged: diff.unchanged,
-            })),
-            Err(problems) => Err(Status::invalid_argument(format!(
-                "invalid config {}, nothing was changed:\n{problems}",
-                self.state.config_path.display()
-            ))),
-        }
+        let diff = self.state.reload().await.map_err(status)?;
+        Ok(Response::new(pb::ReloadResponse {
+            added: diff.added,
+            removed: diff.removed,
+            changed: diff.changed,
+            unchanged: diff.unchanged,
+        }))
     }
 
     async fn shutdown(
@@ -330,71 +318,31 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         req: Request<pb::ShutdownRequest>,
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
         let reason = req.into_inner().reason;
-        let reason = if reason.trim().is_empty() {
-            "api"
-        } else {
-            reason.trim()
-        };
-        self.state.manager.request_shutdown(reason);
+        self.state.shutdown(Some(&reason)).await.map_err(status)?;
         Ok(Response::new(pb::ShutdownResponse {}))
     }
 }
 
-async fn read_journal(
-    journal: &Arc<hsu_process_file::Journal>,
-) -> Result<Vec<JournalEvent>, Status> {
-    let journal = journal.clone();
-    tokio::task::spawn_blocking(move || journal.read_all())
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))
-}
-
-/// Sends the journal's past events, then (when following) the live ones, each `seq` once
-/// and in order; a follower that falls behind the live feed catches up from the file.
-async fn send_events(
-    journal: Arc<hsu_process_file::Journal>,
-    past: Vec<JournalEvent>,
-    live: Option<tokio::sync::broadcast::Receiver<JournalEvent>>,
-    tx: mpsc::Sender<Result<pb::Event, Status>>,
-) {
-    let mut last_seq = 0;
-    let mut send = |event: JournalEvent| {
-        let tx = tx.clone();
-        let fresh = event.seq > last_seq;
-        if fresh {
-            last_seq = event.seq;
-        }
-        async move { !fresh || tx.send(Ok(event.into())).await.is_ok() }
-    };
-    for event in past {
-        if !send(event).await {
-            return;
-        }
-    }
-    let Some(mut live) = live else { return };
+/// Sends the backlog and the live events; a follower that fell behind gets an `Event` of
+/// kind `lagged` with `missed` set (and no `seq`), then the newest events.
+async fn send_events(mut follower: EventFollower, tx: mpsc::Sender<Result<pb::Event, Status>>) {
     loop {
-        let received = tokio::select! {
-            r = live.recv() => r,
+        let next = tokio::select! {
+            next = follower.next() => next,
             () = tx.closed() => return,
         };
-        match received {
-            Ok(event) => {
-                if !send(event).await {
-                    return;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                let Ok(events) = read_journal(&journal).await else {
-                    return;
-                };
-                for event in events {
-                    if !send(event).await {
-                        return;
-                    }
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        let message = match next {
+            Some(Followed::Event(event)) => event.into(),
+            Some(Followed::Lagged { missed }) => pb::Event {
+                kind: "lagged".into(),
+                json: format!("{{\"kind\":\"lagged\",\"missed\":{missed}}}"),
+                missed,
+                ..Default::default()
+            },
+            None => return,
+        };
+        if tx.send(Ok(message)).await.is_err() {
+            return;
         }
     }
 }
@@ -407,39 +355,17 @@ impl From<JournalEvent> for pb::Event {
             id: e.id.clone(),
             kind: e.kind.name().into(),
             json: serde_json::to_string(&e).unwrap_or_default(),
+            missed: 0,
         }
     }
 }
 
-/// Sends the last `tail` lines of `path` (all of it, up to the tail's size cap, when
-/// `None`), then, when following, whatever is appended (see [`hsu_log_collection::follow`]).
-/// A missing file reads as empty. Every `LogChunk` carries at most [`CHUNK`] bytes.
-async fn send_log(
-    path: PathBuf,
-    tail: Option<u64>,
-    follow: bool,
+/// Runs a log follower, forwarding what it reads as `LogChunk`s until the client leaves.
+async fn forward_log(
+    producer: impl std::future::Future<Output = ()>,
+    mut bytes_rx: mpsc::Receiver<Bytes>,
     tx: mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) {
-    let lines = tail.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    if !follow {
-        let read = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, lines)).await
-        };
-        match read {
-            Ok(Ok(t)) => {
-                let _ = send_chunks(&t.bytes, &tx).await;
-            }
-            Ok(Err(e)) => {
-                let _ = tx.send(Err(io_status(&path, e))).await;
-            }
-            Err(e) => {
-                let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-            }
-        }
-        return;
-    }
-    let (bytes_tx, mut bytes_rx) = mpsc::channel::<Bytes>(8);
     let forward = async {
         while let Some(bytes) = bytes_rx.recv().await {
             if send_chunks(&bytes, &tx).await.is_err() {
@@ -448,7 +374,7 @@ async fn send_log(
         }
     };
     tokio::select! {
-        () = hsu_log_collection::follow(path, lines, bytes_tx) => {}
+        () = producer => {}
         () = forward => {}
         () = tx.closed() => {}
     }
@@ -469,16 +395,12 @@ async fn send_chunks(
     Ok(())
 }
 
-fn io_status(path: &Path, e: std::io::Error) -> Status {
-    Status::internal(format!("reading {}: {e}", path.display()))
-}
-
 impl From<model::Process> for pb::Process {
     fn from(p: model::Process) -> Self {
         pb::Process {
             id: p.id,
-            r#type: p.process_type,
-            state: p.state,
+            r#type: p.process_type.as_str().into(),
+            state: p.state.as_str().into(),
             pid: p.pid,
             started_at: p.started_at,
             uptime_secs: p.uptime_secs,
@@ -490,12 +412,12 @@ impl From<model::Process> for pb::Process {
             }),
             reason: p.reason,
             health: Some(pb::Health {
-                status: p.health.status,
+                status: p.health.status.as_str().into(),
                 consecutive_failures: p.health.consecutive_failures,
                 last_check_at: p.health.last_check_at,
                 last_error: p.health.last_error,
             }),
-            circuit: p.circuit,
+            circuit: p.circuit.as_str().into(),
             next_restart_at: p.next_restart_at,
             resources: p.resources.map(|r| pb::Resources {
                 rss_bytes: r.rss_bytes,
@@ -505,6 +427,8 @@ impl From<model::Process> for pb::Process {
                 cpu_seconds: r.cpu_seconds,
             }),
             limits_json: serde_json::to_string(&p.limits).unwrap_or_else(|_| "null".into()),
+            profile_type: p.profile_type,
+            metadata: p.metadata.into_iter().collect(),
         }
     }
 }

@@ -1,11 +1,10 @@
 //! The HTTP/JSON routes (SPEC §7). Each handler reads its path and query, calls one
-//! `ProcessManager` operation (or reads the journal or a log file), and turns the result
-//! into JSON or an [`ApiFailure`]; every error answer is `{"error", "code"}` JSON.
-//!
-//! Manager operations run in a task of their own, so a client that hangs up halfway
-//! through a stop or a reload never leaves the operation half done.
+//! operation of the shared [`crate::service`] layer, and turns the result into JSON or an
+//! [`ApiFailure`]; every error answer is `{"error", "code"}` JSON, its status chosen by
+//! the error's variant.
 
 use crate::model::{Accepted, ApiError, Process, ReloadResult};
+use crate::service::{Action, Followed, LogRequest, ServiceError};
 use crate::ApiState;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -15,21 +14,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hsu_common::Event;
-use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::ControlError;
+use hsu_process_management::{Event, EventFollower};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 
 /// Largest request body accepted (413 above).
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
-/// `tail` is capped here: more lines than this are never sent at once.
-const MAX_TAIL_LINES: usize = 100_000;
-const DEFAULT_TAIL_LINES: usize = 100;
 /// An SSE comment this often keeps proxies from closing an idle event stream.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -115,9 +110,29 @@ impl From<ControlError> for ApiFailure {
         let (status, code) = match e {
             ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ControlError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
-            ControlError::Gone(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ControlError::Gone(_) | ControlError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<ServiceError> for ApiFailure {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Control(c) => c.into(),
+            ServiceError::Invalid(message) => Self::invalid(message),
+            ServiceError::InvalidConfig { message, problems } => {
+                let mut failure = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
+                failure.body.problems = problems;
+                failure
+            }
+            ServiceError::Unavailable(message) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            ServiceError::Internal(message) => Self::internal(message),
+        }
     }
 }
 
@@ -261,31 +276,7 @@ pub(crate) async fn openapi_json() -> Response {
         (status = 401, description = "Missing or wrong token", body = ApiError),
         (status = 422, description = "The config is invalid (every problem in `problems`); the running config is unchanged", body = ApiError)))]
 pub(crate) async fn reload(State(s): State<HttpState>) -> Result<Json<ReloadResult>, ApiFailure> {
-    let manager = s.api.manager.clone();
-    let path = s.api.config_path.clone();
-    let outcome = run_to_completion(async move { manager.reload_from_file(&path).await }).await?;
-    match outcome {
-        Ok(diff) => Ok(Json(ReloadResult {
-            added: diff.added,
-            removed: diff.removed,
-            changed: diff.changed,
-            unchanged: diff.unchanged,
-        })),
-        Err(errors) => {
-            let problems: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-            let mut failure = ApiFailure::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!(
-                    "{} is invalid ({} problem(s)); the running config is unchanged",
-                    s.api.config_path.display(),
-                    problems.len()
-                ),
-            );
-            failure.body.problems = problems;
-            Err(failure)
-        }
-    }
+    Ok(Json(s.api.reload().await?))
 }
 
 /// Shuts the manager down (every process is stopped first) after answering.
@@ -293,36 +284,16 @@ pub(crate) async fn reload(State(s): State<HttpState>) -> Result<Json<ReloadResu
     responses(
         (status = 202, description = "Shutdown requested", body = Accepted),
         (status = 401, description = "Missing or wrong token", body = ApiError)))]
-pub(crate) async fn shutdown(State(s): State<HttpState>) -> (StatusCode, Json<Accepted>) {
-    let manager = s.api.manager.clone();
+pub(crate) async fn shutdown(
+    State(s): State<HttpState>,
+) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
     // The request only raises a flag the binary waits on; its shutdown stops the server
     // gracefully, so this answer is still delivered.
-    tokio::spawn(async move { manager.request_shutdown("API shutdown request") });
-    (
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            id: None,
-            action: "shutdown".into(),
-            process: None,
-        }),
-    )
+    Ok((StatusCode::ACCEPTED, Json(s.api.shutdown(None).await?)))
 }
 
 // ---------------------------------------------------------------------------------------
 // Processes
-
-impl HttpState {
-    fn process(&self, id: &str) -> Result<Process, ApiFailure> {
-        let manager = &self.api.manager;
-        let status = manager
-            .status(id)
-            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
-        Ok(Process::from_status(
-            &status,
-            manager.definition(id).as_deref(),
-        ))
-    }
-}
 
 /// Every process, in config order.
 #[utoipa::path(get, path = "/api/v1/processes", tag = "processes",
@@ -330,14 +301,7 @@ impl HttpState {
         (status = 200, description = "Every process", body = [Process]),
         (status = 401, description = "Missing or wrong token", body = ApiError)))]
 pub(crate) async fn list_processes(State(s): State<HttpState>) -> Json<Vec<Process>> {
-    let manager = &s.api.manager;
-    Json(
-        manager
-            .overview()
-            .iter()
-            .map(|(st, def)| Process::from_status(st, Some(def)))
-            .collect(),
-    )
+    Json(s.api.list())
 }
 
 /// One process.
@@ -351,24 +315,7 @@ pub(crate) async fn get_process(
     State(s): State<HttpState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Process>, ApiFailure> {
-    s.process(&path_id(id)?).map(Json)
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Start,
-    Stop,
-    Restart { force: bool },
-}
-
-impl Action {
-    fn name(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Restart { .. } => "restart",
-        }
-    }
+    Ok(Json(s.api.get(&path_id(id)?)?))
 }
 
 /// Runs `action` to its end and answers 202 with the process as it is afterwards.
@@ -377,41 +324,8 @@ async fn control(
     id: Result<Path<String>, PathRejection>,
     action: Action,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
-    let id = path_id(id)?;
-    let manager = s.api.manager.clone();
-    let target = id.clone();
-    run_to_completion(async move {
-        match action {
-            Action::Start => manager.start_process(&target).await,
-            Action::Stop => manager.stop_process(&target, false).await,
-            Action::Restart { force } => manager.restart_process(&target, force).await,
-        }
-    })
-    .await??;
-    // Supervisors publish a command's effect before they answer it.
-    let status = s
-        .api
-        .manager
-        .status(&id)
-        .ok_or_else(|| ControlError::NotFound(id.clone()))?;
-    let process = Process::from_status(&status, s.api.manager.definition(&id).as_deref());
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            id: Some(id),
-            action: action.name().into(),
-            process: Some(process),
-        }),
-    ))
-}
-
-/// Runs a manager operation in its own task, so it completes even if the client leaves.
-async fn run_to_completion<T: Send + 'static>(
-    operation: impl Future<Output = T> + Send + 'static,
-) -> Result<T, ApiFailure> {
-    tokio::spawn(operation)
-        .await
-        .map_err(|e| ApiFailure::internal(format!("the operation failed: {e}")))
+    let accepted = s.api.act(path_id(id)?, action).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
 /// Starts a stopped or failed process (closing its breaker); answers once it started.
@@ -430,11 +344,15 @@ pub(crate) async fn start_process(
     control(s, id, Action::Start).await
 }
 
-/// Stops a process; answers once nothing of its tree is left.
+/// Stops a process; answers once nothing of its tree is left. `force=true` SIGKILLs the
+/// whole tree at once (and ends a graceful stop already in progress).
 #[utoipa::path(post, path = "/api/v1/processes/{id}/stop", tag = "processes",
-    params(("id" = String, Path, description = "Process id")),
+    params(
+        ("id" = String, Path, description = "Process id"),
+        ("force" = Option<bool>, Query, description = "Kill the whole tree now (SIGKILL) instead of stopping it gracefully")),
     responses(
         (status = 202, description = "Stopped; the process as it is now", body = Accepted),
+        (status = 400, description = "Bad query", body = ApiError),
         (status = 401, description = "Missing or wrong token", body = ApiError),
         (status = 404, description = "No such process", body = ApiError),
         (status = 409, description = "Not possible for this process (e.g. unmanaged)", body = ApiError),
@@ -442,12 +360,15 @@ pub(crate) async fn start_process(
 pub(crate) async fn stop_process(
     State(s): State<HttpState>,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
-    control(s, id, Action::Stop).await
+    let force = flag("force", query(q)?.force.as_deref())?;
+    control(s, id, Action::Stop { force }).await
 }
 
+/// `?force=...` of stop and restart.
 #[derive(Debug, Deserialize)]
-pub(crate) struct RestartQuery {
+pub(crate) struct ForceQuery {
     force: Option<String>,
 }
 
@@ -466,7 +387,7 @@ pub(crate) struct RestartQuery {
 pub(crate) async fn restart_process(
     State(s): State<HttpState>,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<RestartQuery>, QueryRejection>,
+    q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
     let force = flag("force", query(q)?.force.as_deref())?;
     control(s, id, Action::Restart { force }).await
@@ -488,7 +409,7 @@ pub(crate) struct LogsQuery {
     params(
         ("id" = String, Path, description = "Process id"),
         ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
-        ("tail" = Option<usize>, Query, description = "Lines from the end (default 100, at most 100000; 0 = none)"),
+        ("tail" = Option<usize>, Query, description = "Lines from the end (default 100, at most 100000; 0 = none; the same on gRPC)"),
         ("follow" = Option<bool>, Query, description = "Keep streaming what is appended")),
     responses(
         (status = 200, description = "The log text (streamed with follow=true)", body = String, content_type = "text/plain"),
@@ -502,59 +423,43 @@ pub(crate) async fn process_logs(
 ) -> Result<Response, ApiFailure> {
     let id = path_id(id)?;
     let q = query(q)?;
-    let stream = match q.stream.as_deref() {
-        None => Stream::Stdout,
-        Some(name) => name.parse::<Stream>().map_err(|e| {
-            ApiFailure::invalid(format!("`stream` must be stdout or stderr, not `{}`", e.0))
-        })?,
-    };
     let tail = match q.tail.as_deref() {
-        None => DEFAULT_TAIL_LINES,
+        None => None,
         // Any count of lines is accepted; more than the cap is the cap.
         Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
-            t.parse::<usize>().unwrap_or(MAX_TAIL_LINES)
+            Some(t.parse::<u64>().unwrap_or(u64::MAX))
         }
         Some(t) => {
             return Err(ApiFailure::invalid(format!(
                 "`tail` must be a number of lines (0 or more), not `{t}`"
             )))
         }
-    }
-    .min(MAX_TAIL_LINES);
+    };
+    let request = LogRequest::new(q.stream.as_deref(), tail)?;
     let follow = flag("follow", q.follow.as_deref())?;
-    // Only a known id names a file, so the path can never leave the log directory.
-    if s.api.manager.status(&id).is_none() {
-        return Err(ControlError::NotFound(id).into());
-    }
-    let path = CaptureFiles::new(&s.api.log_dir).path(&id, stream);
     let headers = [(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN))];
     if follow {
-        let body = streaming_body(s.stopping.clone(), move |tx| {
-            hsu_log_collection::follow(path, tail, tx)
-        });
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let producer = s.api.log_follow(&id, request, tx.clone())?;
+        let body = streaming_body(s.stopping.clone(), tx, rx, producer);
         return Ok((headers, body).into_response());
     }
-    let tail = tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, tail))
-        .await
-        .map_err(ApiFailure::internal)?
-        .map_err(|e| ApiFailure::internal(format!("cannot read the log: {e}")))?;
-    Ok((headers, tail.bytes).into_response())
+    let tail = s.api.log_tail(&id, request).await?;
+    Ok((headers, tail).into_response())
 }
 
-/// A body fed by `produce` through a channel. The producer is dropped as soon as the
+/// A body fed through `tx`/`rx` by `producer`. The producer is dropped as soon as the
 /// client goes away or the server stops, whichever comes first.
-fn streaming_body<F, Fut>(mut stopping: watch::Receiver<bool>, produce: F) -> Body
-where
-    F: FnOnce(mpsc::Sender<Bytes>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let client = tx.clone();
-    let producer = produce(tx);
+fn streaming_body(
+    mut stopping: watch::Receiver<bool>,
+    tx: mpsc::Sender<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
+    producer: impl Future<Output = ()> + Send + 'static,
+) -> Body {
     tokio::spawn(async move {
         tokio::select! {
             () = producer => {}
-            () = client.closed() => {}
+            () = tx.closed() => {}
             () = crate::server::stopped(&mut stopping) => {}
         }
     });
@@ -572,9 +477,10 @@ pub(crate) struct EventsQuery {
     since: Option<String>,
 }
 
-/// The event journal: every event as JSON lines; with `follow=true`, new events as
-/// server-sent events (`id: <seq>`, `data: <event>`), with `since` (or `Last-Event-ID`)
-/// first the stored events after that `seq`.
+/// The event journal: every stored event as JSON lines (with `since`, only those after
+/// that `seq`); with `follow=true`, new events as server-sent events (`id: <seq>`,
+/// `data: <event>`), with `since` (or `Last-Event-ID`) first the stored events after
+/// that `seq`, without a gap or a duplicate at the seam.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events",
     params(
         ("follow" = Option<bool>, Query, description = "Stream new events as server-sent events"),
@@ -603,25 +509,19 @@ pub(crate) async fn events(
     };
     if follow {
         // Subscribed before answering: every event after the answer's head is delivered.
-        let live = s.api.journal.subscribe();
-        let journal = s.api.journal.clone();
-        let body = streaming_body(s.stopping.clone(), move |tx| {
-            follow_events(journal, since, live, tx)
-        });
+        let follower = s.api.follow_events(since).await;
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let producer = follow_events(follower, tx.clone());
+        let body = streaming_body(s.stopping.clone(), tx, rx, producer);
         let headers = [
             (header::CONTENT_TYPE, EVENT_STREAM),
             (header::CACHE_CONTROL, "no-cache"),
         ];
         return Ok((headers, body).into_response());
     }
-    let journal = s.api.journal.clone();
-    let stored = tokio::task::spawn_blocking(move || journal.read_all())
-        .await
-        .map_err(ApiFailure::internal)?
-        .map_err(ApiFailure::internal)?;
     let mut body = Vec::new();
-    for event in stored.iter().filter(|e| since.is_none_or(|s| e.seq > s)) {
-        body.extend_from_slice(&json_line(event));
+    for event in s.api.events(since).await {
+        body.extend_from_slice(&json_line(&event));
     }
     Ok(([(header::CONTENT_TYPE, NDJSON)], body).into_response())
 }
@@ -637,39 +537,19 @@ fn sse_message(event: &Event) -> Bytes {
     format!("id: {}\ndata: {data}\n\n", event.seq).into()
 }
 
-async fn follow_events(
-    journal: std::sync::Arc<hsu_process_file::Journal>,
-    since: Option<u64>,
-    mut live: broadcast::Receiver<Event>,
-    tx: mpsc::Sender<Bytes>,
-) {
-    let mut last_sent = 0;
-    if let Some(since) = since {
-        let stored = tokio::task::spawn_blocking(move || journal.read_all()).await;
-        for event in stored.into_iter().flatten().flatten() {
-            if event.seq > since {
-                last_sent = event.seq;
-                if tx.send(sse_message(&event)).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
+/// Sends the backlog and the live events as server-sent events, a keep-alive comment when
+/// idle, and an `event: lagged` message (`{"missed": N}`) when the reader fell behind.
+async fn follow_events(mut follower: EventFollower, tx: mpsc::Sender<Bytes>) {
     let mut keep_alive =
         tokio::time::interval_at(tokio::time::Instant::now() + SSE_KEEP_ALIVE, SSE_KEEP_ALIVE);
     loop {
         let message = tokio::select! {
-            received = live.recv() => match received {
-                // Already sent from the stored journal.
-                Ok(event) if event.seq <= last_sent => continue,
-                Ok(event) => {
-                    last_sent = event.seq;
-                    sse_message(&event)
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
+            next = follower.next() => match next {
+                Some(Followed::Event(event)) => sse_message(&event),
+                Some(Followed::Lagged { missed }) => {
                     format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n").into()
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                None => return,
             },
             _ = keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
         };

@@ -6,18 +6,19 @@
 //! - `hsu_process_up`: 1 while running; `hsu_process_uptime_seconds` (0 when not running);
 //! - `hsu_process_restarts_total`: automatic restarts;
 //! - `hsu_process_health`: 1 healthy, 0 unhealthy, -1 unknown;
-//! - `hsu_process_circuit_open`: 1 while the circuit breaker is open or half-open;
+//! - `hsu_process_circuit_open`: 1 while the circuit breaker is open (not half-open);
+//! - `hsu_process_circuit_half_open`: 1 while the breaker lets one trial start through;
 //! - `hsu_process_resident_memory_bytes`, `hsu_process_cpu_seconds_total`: only for
 //!   processes whose resources are sampled (the families are always described).
 //!
 //! The manager: `hsu_manager_resident_memory_bytes`, `hsu_manager_cpu_seconds_total`,
-//! `hsu_manager_open_fds`, `hsu_manager_start_time_seconds`. The API:
+//! `hsu_manager_open_fds`, `hsu_manager_start_time_seconds`, and the event journal's
+//! `hsu_journal_write_failures_total`. The API:
 //! `hsu_api_requests_total{protocol="http"|"grpc"}`, `hsu_api_unauthorized_total`,
 //! `hsu_api_client_errors_total`.
 
-use crate::model::Process;
+use crate::model::{Circuit, HealthStatus, Process, State};
 use crate::ApiState;
-use hsu_common::ProcessState;
 use std::fmt::{Display, Write};
 use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
@@ -27,11 +28,7 @@ pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 /// The whole exposition, as of now.
 pub(crate) fn render(api: &ApiState) -> String {
     let manager = &api.manager;
-    let processes: Vec<Process> = manager
-        .overview()
-        .iter()
-        .map(|(s, def)| Process::from_status(s, Some(def)))
-        .collect();
+    let processes = api.list();
     let mut out = Exposition::default();
 
     out.family(
@@ -40,11 +37,11 @@ pub(crate) fn render(api: &ApiState) -> String {
         "Current state of the process: 1 for the state it is in, 0 for the others.",
     );
     for p in &processes {
-        for state in ProcessState::ALL.map(ProcessState::as_str) {
+        for &state in State::ALL {
             let value = u8::from(p.state == state);
             out.sample(
                 "hsu_process_state",
-                &[("id", &p.id), ("state", state)],
+                &[("id", &p.id), ("state", state.as_str())],
                 value,
             );
         }
@@ -54,7 +51,7 @@ pub(crate) fn render(api: &ApiState) -> String {
         "hsu_process_up",
         "gauge",
         "1 while the process is running, else 0.",
-        |p| Some(u8::from(p.state == ProcessState::Running.as_str()).into()),
+        |p| Some(u8::from(p.state == State::Running).into()),
     );
     out.per_process(
         &processes,
@@ -76,10 +73,10 @@ pub(crate) fn render(api: &ApiState) -> String {
         "gauge",
         "Health of the process: 1 healthy, 0 unhealthy, -1 unknown.",
         |p| {
-            Some(match p.health.status.as_str() {
-                "healthy" => 1.0,
-                "unhealthy" => 0.0,
-                _ => -1.0,
+            Some(match p.health.status {
+                HealthStatus::Healthy => 1.0,
+                HealthStatus::Unhealthy => 0.0,
+                HealthStatus::Unknown => -1.0,
             })
         },
     );
@@ -87,8 +84,15 @@ pub(crate) fn render(api: &ApiState) -> String {
         &processes,
         "hsu_process_circuit_open",
         "gauge",
-        "1 while the process's circuit breaker is open or half-open, else 0.",
-        |p| Some(u8::from(p.circuit != "closed").into()),
+        "1 while the process's circuit breaker is open, else 0 (half-open is counted apart).",
+        |p| Some(u8::from(p.circuit == Circuit::Open).into()),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_circuit_half_open",
+        "gauge",
+        "1 while the process's circuit breaker is half-open (one trial start let through), else 0.",
+        |p| Some(u8::from(p.circuit == Circuit::HalfOpen).into()),
     );
     out.per_process(
         &processes,
@@ -105,7 +109,7 @@ pub(crate) fn render(api: &ApiState) -> String {
         |p| p.resources.as_ref().map(|r| r.cpu_seconds),
     );
 
-    let usage = hsu_process::self_usage();
+    let usage = manager.usage();
     out.single(
         "hsu_manager_resident_memory_bytes",
         "gauge",
@@ -128,10 +132,18 @@ pub(crate) fn render(api: &ApiState) -> String {
         "hsu_manager_start_time_seconds",
         "gauge",
         "When the manager started, in seconds since the Unix epoch.",
-        api.started_at
+        manager
+            .started_at()
             .duration_since(UNIX_EPOCH)
             .ok()
             .map(|d| d.as_secs_f64()),
+    );
+
+    out.single(
+        "hsu_journal_write_failures_total",
+        "counter",
+        "Event journal lines that could not be written (full disk, removed directory, writer too far behind).",
+        Some(manager.journal_write_failures() as f64),
     );
 
     let metrics = &api.metrics;

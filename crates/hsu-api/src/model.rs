@@ -1,19 +1,178 @@
-//! The JSON bodies of the API, shared by server and client.
+//! The JSON bodies of the API, shared by server and client. Where SPEC §7 lists the
+//! values of a field (state, health status, circuit, type, log stream), the field is an
+//! enum, serialized as the same snake_case words.
 
-use hsu_managed_process::{ProcessDefinition, ProcessStatus};
+use hsu_process_management::{HealthStatus as CheckVerdict, ProcessView, Stream};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::SystemTime;
 use utoipa::ToSchema;
+
+/// Declares a closed list of words: an enum serialized as its snake_case names, with
+/// `as_str`, `Display` and `FromStr` (an unknown word is [`UnknownValue`]).
+macro_rules! words {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the documented order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The word on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownValue {
+                        field: stringify!($name),
+                        value: s.to_owned(),
+                        expected: $name::ALL.iter().map(|v| v.as_str()).collect(),
+                    })
+            }
+        }
+    };
+}
+
+/// A word that is not one of a field's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not a {field} (expected one of: {})", .expected.join(", "))]
+pub struct UnknownValue {
+    pub field: &'static str,
+    pub value: String,
+    pub expected: Vec<&'static str>,
+}
+
+words! {
+    /// A process's state (SPEC §5).
+    State {
+        Stopped => "stopped",
+        Starting => "starting",
+        Running => "running",
+        Stopping => "stopping",
+        Failed => "failed",
+    }
+}
+
+words! {
+    /// How much of a process the manager owns.
+    ProcessType {
+        StandardManaged => "standard_managed",
+        IntegratedManaged => "integrated_managed",
+        Unmanaged => "unmanaged",
+    }
+}
+
+words! {
+    /// The health checks' verdict.
+    HealthStatus {
+        Healthy => "healthy",
+        Unhealthy => "unhealthy",
+        /// Not checked (not running, or no verdict yet).
+        Unknown => "unknown",
+    }
+}
+
+words! {
+    /// The circuit breaker's position.
+    Circuit {
+        Closed => "closed",
+        Open => "open",
+        HalfOpen => "half_open",
+    }
+}
+
+words! {
+    /// One captured output stream of a process.
+    LogStream {
+        Stdout => "stdout",
+        Stderr => "stderr",
+    }
+}
+
+impl From<hsu_common::ProcessState> for State {
+    fn from(s: hsu_common::ProcessState) -> Self {
+        use hsu_common::ProcessState as S;
+        match s {
+            S::Stopped => State::Stopped,
+            S::Starting => State::Starting,
+            S::Running => State::Running,
+            S::Stopping => State::Stopping,
+            S::Failed => State::Failed,
+        }
+    }
+}
+
+impl From<hsu_managed_process::ProcessType> for ProcessType {
+    fn from(t: hsu_managed_process::ProcessType) -> Self {
+        use hsu_managed_process::ProcessType as T;
+        match t {
+            T::StandardManaged => ProcessType::StandardManaged,
+            T::IntegratedManaged => ProcessType::IntegratedManaged,
+            T::Unmanaged => ProcessType::Unmanaged,
+        }
+    }
+}
+
+impl From<CheckVerdict> for HealthStatus {
+    fn from(h: CheckVerdict) -> Self {
+        match h {
+            CheckVerdict::Healthy => HealthStatus::Healthy,
+            CheckVerdict::Unhealthy => HealthStatus::Unhealthy,
+            CheckVerdict::Unknown => HealthStatus::Unknown,
+        }
+    }
+}
+
+impl From<hsu_managed_process::Circuit> for Circuit {
+    fn from(c: hsu_managed_process::Circuit) -> Self {
+        use hsu_managed_process::Circuit as C;
+        match c {
+            C::Closed => Circuit::Closed,
+            C::Open => Circuit::Open,
+            C::HalfOpen => Circuit::HalfOpen,
+        }
+    }
+}
+
+impl From<LogStream> for Stream {
+    fn from(s: LogStream) -> Self {
+        match s {
+            LogStream::Stdout => Stream::Stdout,
+            LogStream::Stderr => Stream::Stderr,
+        }
+    }
+}
 
 /// A process as the API shows it (SPEC §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Process {
     pub id: String,
-    /// standard_managed | integrated_managed | unmanaged
     #[serde(rename = "type")]
-    pub process_type: String,
-    /// stopped | starting | running | stopping | failed
-    pub state: String,
+    pub process_type: ProcessType,
+    pub state: State,
     pub pid: Option<u32>,
     /// RFC 3339, while running.
     pub started_at: Option<String>,
@@ -22,8 +181,7 @@ pub struct Process {
     pub last_exit: Option<LastExit>,
     pub reason: String,
     pub health: Health,
-    /// closed | open | half_open
-    pub circuit: String,
+    pub circuit: Circuit,
     /// RFC 3339, while a restart (or a breaker trial) is scheduled.
     pub next_restart_at: Option<String>,
     /// Usage of the whole process tree, sampled every `resource_sample_interval`; null
@@ -32,6 +190,12 @@ pub struct Process {
     /// The configured limits, as in the config.
     #[schema(value_type = Object)]
     pub limits: serde_json::Value,
+    /// The nested config form's `profile_type` (null when not given).
+    #[serde(default)]
+    pub profile_type: Option<String>,
+    /// The config's free-form `metadata` labels (empty when none).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -44,8 +208,7 @@ pub struct LastExit {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// healthy | unhealthy | unknown
-    pub status: String,
+    pub status: HealthStatus,
     pub consecutive_failures: u32,
     pub last_check_at: Option<String>,
     pub last_error: Option<String>,
@@ -92,34 +255,37 @@ pub struct ReloadResult {
     pub unchanged: Vec<String>,
 }
 
+/// `2026-11-26T05:02:58.873Z`: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 impl Process {
-    /// Builds the API view from a status and (when known) its definition.
-    pub fn from_status(s: &ProcessStatus, def: Option<&ProcessDefinition>) -> Process {
+    /// Builds the API view of a process.
+    pub fn from_view(v: &ProcessView) -> Process {
+        let s = &v.status;
+        let def = &v.definition;
         let running = s.pid.is_some();
         let uptime_secs = s
             .started_at
             .filter(|_| running)
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map(|d| d.as_secs());
-        let report = hsu_monitoring::liveness(s.state);
         let health = Health {
-            status: report.status.as_str().into(),
-            consecutive_failures: report.consecutive_failures,
-            last_check_at: report.last_check_at.map(rfc3339),
-            last_error: report.last_error,
+            status: v.health.status.into(),
+            consecutive_failures: v.health.consecutive_failures,
+            last_check_at: v.health.last_check_at.map(rfc3339),
+            last_error: v.health.last_error.clone(),
         };
         let limits = def
-            .and_then(|d| d.control.as_ref())
+            .control
+            .as_ref()
             .and_then(|c| serde_json::to_value(&c.limits).ok())
             .unwrap_or(serde_json::Value::Null);
         Process {
             id: s.id.clone(),
-            process_type: s.process_type.as_str().into(),
-            state: s.state.as_str().into(),
+            process_type: s.process_type.into(),
+            state: s.state.into(),
             pid: s.pid,
             started_at: s.started_at.filter(|_| running).map(rfc3339),
             uptime_secs,
@@ -131,7 +297,7 @@ impl Process {
             }),
             reason: s.reason.clone(),
             health,
-            circuit: s.circuit.as_str().into(),
+            circuit: s.circuit.into(),
             next_restart_at: s.next_restart_at.map(rfc3339),
             resources: s.resources.map(|r| Resources {
                 rss_bytes: r.rss_bytes,
@@ -141,6 +307,38 @@ impl Process {
                 processes: r.processes,
             }),
             limits,
+            profile_type: def.profile_type.clone(),
+            metadata: def.metadata.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_the_documented_strings() {
+        let json = serde_json::to_string(&(
+            State::Stopping,
+            ProcessType::IntegratedManaged,
+            HealthStatus::Unknown,
+            Circuit::HalfOpen,
+            LogStream::Stderr,
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"["stopping","integrated_managed","unknown","half_open","stderr"]"#
+        );
+        for state in hsu_common::ProcessState::ALL {
+            assert_eq!(State::from(state).as_str(), state.as_str());
+        }
+        assert_eq!("stdout".parse::<LogStream>(), Ok(LogStream::Stdout));
+        let err = "journal".parse::<LogStream>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`journal` is not a LogStream (expected one of: stdout, stderr)"
+        );
     }
 }

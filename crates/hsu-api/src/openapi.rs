@@ -3,7 +3,10 @@
 //! the code.
 
 use crate::http;
-use crate::model::{Accepted, ApiError, Health, LastExit, Process, ReloadResult, Resources};
+use crate::model::{
+    Accepted, ApiError, Circuit, Health, HealthStatus, LastExit, LogStream, Process, ProcessType,
+    ReloadResult, Resources, State,
+};
 use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
@@ -34,7 +37,20 @@ pub const BEARER_SCHEME: &str = "bearer_token";
         http::reload,
         http::shutdown,
     ),
-    components(schemas(Process, LastExit, Health, Resources, ApiError, Accepted, ReloadResult)),
+    components(schemas(
+        Process,
+        LastExit,
+        Health,
+        Resources,
+        ApiError,
+        Accepted,
+        ReloadResult,
+        State,
+        ProcessType,
+        HealthStatus,
+        Circuit,
+        LogStream
+    )),
     modifiers(&BearerToken),
     security(("bearer_token" = [])),
     tags(

@@ -1,41 +1,51 @@
 //! What the API's handlers share, and where the API listens.
 
-use hsu_process_file::Journal;
-use hsu_process_management::ProcessManager;
+use hsu_process_management::ManagerFacade;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-/// Shared by every handler (HTTP and gRPC). Cheap to clone.
+/// Shared by every handler (HTTP and gRPC). Cheap to clone. Its operations are in
+/// [`crate::service`].
 #[derive(Clone)]
 pub struct ApiState {
-    pub manager: ProcessManager,
-    pub journal: Arc<Journal>,
-    /// The config file a reload re-reads.
-    pub config_path: PathBuf,
-    pub base_dir: PathBuf,
-    /// Where `<id>.stdout.log` / `<id>.stderr.log` live.
-    pub log_dir: PathBuf,
+    /// The manager, its journal and its captured output: the API's one way in.
+    pub manager: ManagerFacade,
     /// Bearer token every request but `GET /healthz` must carry, when set.
     pub token: Option<Arc<str>>,
+    /// Request counters for `/metrics`.
     pub metrics: Arc<ApiMetrics>,
-    pub started_at: SystemTime,
+}
+
+impl ApiState {
+    /// The state for `manager`, with `token` (if any) and fresh counters.
+    pub fn new(manager: ManagerFacade, token: Option<Arc<str>>) -> ApiState {
+        ApiState {
+            manager,
+            token,
+            metrics: Arc::new(ApiMetrics::default()),
+        }
+    }
 }
 
 /// Request counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
+    /// HTTP/JSON requests received.
     pub http_requests: AtomicU64,
+    /// gRPC requests received.
     pub grpc_requests: AtomicU64,
+    /// Requests refused for a missing or wrong token.
     pub unauthorized: AtomicU64,
+    /// Requests answered with a 4xx status.
     pub client_errors: AtomicU64,
 }
 
 /// Where to listen.
 #[derive(Debug, Clone)]
 pub struct ListenSettings {
+    /// The TCP address to bind (a non-loopback one needs a token).
     pub bind: IpAddr,
     /// 0 picks a free port.
     pub port: u16,

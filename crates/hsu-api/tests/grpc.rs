@@ -13,14 +13,13 @@ use hsu_api::{ApiMetrics, ApiState};
 use hsu_managed_process::{
     ControlSpec, HealthCheckSpec, ProcessDefinition, ProcessLogCollection, ProcessType,
 };
-use hsu_process_file::Journal;
-use hsu_process_management::{ManagerOptions, ProcessManager};
+use hsu_process_management::{Journal, ManagerFacade, ManagerOptions, ProcessManager};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::timeout;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -35,6 +34,7 @@ struct Harness {
     manager: ProcessManager,
     metrics: Arc<ApiMetrics>,
     state: ApiState,
+    base: PathBuf,
     addr: SocketAddr,
     config_path: PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -81,17 +81,9 @@ impl Harness {
         // A config reload reads: deliberately invalid, so reload must refuse it.
         let config_path = base.join("config.yaml");
         std::fs::write(&config_path, "managed_processes: [ {id: \n").unwrap();
-        let metrics = Arc::new(ApiMetrics::default());
-        let state = ApiState {
-            manager: manager.clone(),
-            journal,
-            config_path: config_path.clone(),
-            base_dir: base,
-            log_dir,
-            token: token.map(Arc::from),
-            metrics: metrics.clone(),
-            started_at: SystemTime::now(),
-        };
+        let facade = ManagerFacade::new(manager.clone(), journal, config_path.clone());
+        let state = ApiState::new(facade, token.map(Arc::from));
+        let metrics = state.metrics.clone();
         let router = hsu_api::grpc::routes(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -114,6 +106,7 @@ impl Harness {
             manager,
             metrics,
             state,
+            base,
             addr,
             config_path,
             server,
@@ -220,7 +213,12 @@ async fn process_manager_over_grpc() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     for bad in [
         client.start(pb::ProcessRequest { id: "nope".into() }).await,
-        client.stop(pb::ProcessRequest { id: "nope".into() }).await,
+        client
+            .stop(pb::StopRequest {
+                id: "nope".into(),
+                force: false,
+            })
+            .await,
         client
             .restart(pb::RestartRequest {
                 id: "nope".into(),
@@ -264,7 +262,10 @@ async fn process_manager_over_grpc() {
 
     // Stop, then Start: each visible through Get.
     let stopped = client
-        .stop(pb::ProcessRequest { id: ID.into() })
+        .stop(pb::StopRequest {
+            id: ID.into(),
+            force: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -330,7 +331,10 @@ async fn process_manager_over_grpc() {
     // Events: the journal, then (following) a new event.
     let past: Vec<pb::Event> = {
         let mut s = client
-            .events(pb::EventsRequest { follow: false })
+            .events(pb::EventsRequest {
+                follow: false,
+                since: None,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -351,9 +355,29 @@ async fn process_manager_over_grpc() {
     assert_eq!(json["seq"], changed.seq);
     assert!(json["to"].is_string());
     let last_seq = past.last().unwrap().seq;
+    // `since`: only the later events.
+    let later: Vec<u64> = {
+        let mut s = client
+            .events(pb::EventsRequest {
+                follow: false,
+                since: Some(last_seq - 2),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut v = Vec::new();
+        while let Some(e) = s.message().await.unwrap() {
+            v.push(e.seq);
+        }
+        v
+    };
+    assert_eq!(later, [last_seq - 1, last_seq]);
 
     let mut live = client
-        .events(pb::EventsRequest { follow: true })
+        .events(pb::EventsRequest {
+            follow: true,
+            since: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -374,7 +398,10 @@ async fn process_manager_over_grpc() {
     );
     // ...then what happens next.
     client
-        .stop(pb::ProcessRequest { id: ID.into() })
+        .stop(pb::StopRequest {
+            id: ID.into(),
+            force: false,
+        })
         .await
         .unwrap();
     let next = timeout(DEADLINE, live.message())
@@ -482,7 +509,7 @@ async fn token_and_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_api_server() {
     let h = Harness::start(Some("s3cret")).await;
-    let base = h.state.base_dir.clone();
+    let base = h.base.clone();
     let socket_path = base.join("api.sock");
     let server = hsu_api::server::start(
         h.state.clone(),

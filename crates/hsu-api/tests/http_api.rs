@@ -7,13 +7,12 @@ use common::DEADLINE;
 
 use hsu_api::client::ApiClient;
 use hsu_api::server::{self, RunningServer};
-use hsu_api::{ApiAddress, ApiMetrics, ApiState, ListenSettings};
+use hsu_api::{ApiAddress, ApiState, Circuit, HealthStatus, ListenSettings, State};
 use hsu_managed_process::{
     ControlSpec, DiscoveryMethod, DiscoverySpec, HealthCheckSpec, ProcessDefinition,
     ProcessLogCollection, ProcessType,
 };
-use hsu_process_file::Journal;
-use hsu_process_management::{ManagerOptions, ProcessManager};
+use hsu_process_management::{Journal, ManagerFacade, ManagerOptions, ProcessManager};
 use hyper::Method;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -106,16 +105,8 @@ impl Harness {
         let manager = ProcessManager::start(defs, options, journal.clone())
             .await
             .unwrap();
-        let state = ApiState {
-            manager: manager.clone(),
-            journal,
-            config_path: base.join("config.yaml"),
-            base_dir: base.clone(),
-            log_dir: log_dir.clone(),
-            token: token.map(Into::into),
-            metrics: Arc::new(ApiMetrics::default()),
-            started_at: std::time::SystemTime::now(),
-        };
+        let facade = ManagerFacade::new(manager.clone(), journal, base.join("config.yaml"));
+        let state = ApiState::new(facade, token.map(Into::into));
         let listen = ListenSettings {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
@@ -156,7 +147,7 @@ impl Harness {
             let id = id.clone();
             async move {
                 let p = client.get(&id).await.ok()?;
-                (p.state == "running").then_some(p.pid).flatten()
+                (p.state == State::Running).then_some(p.pid).flatten()
             }
         })
         .await
@@ -255,9 +246,25 @@ async fn routes_answer_with_the_documented_statuses() {
     let list = h.unix.list().await.unwrap();
     let ids: Vec<&str> = list.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "u"]);
-    assert_eq!(list[2].process_type, "unmanaged");
+    assert_eq!(list[2].process_type, hsu_api::ProcessType::Unmanaged);
     let a = c.get("a").await.unwrap();
-    assert_eq!((a.state.as_str(), a.pid), ("running", Some(pid_a)));
+    assert_eq!((a.state, a.pid), (State::Running, Some(pid_a)));
+    assert_eq!(a.circuit, Circuit::Closed);
+    assert_eq!(a.health.status, HealthStatus::Healthy);
+    // The documented words on the wire.
+    let raw = c
+        .raw(Method::GET, "/api/v1/processes/a", &[], None)
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(raw["type"], "standard_managed");
+    assert_eq!(raw["state"], "running");
+    assert_eq!(raw["circuit"], "closed");
+    assert_eq!(raw["health"]["status"], "healthy");
+    // profile_type and metadata are shown (nested form; empty here).
+    assert_eq!(raw["profile_type"], serde_json::Value::Null);
+    assert_eq!(raw["metadata"], serde_json::json!({}));
 
     // 404s: unknown id, unknown route.
     assert_eq!(
@@ -351,20 +358,33 @@ async fn routes_answer_with_the_documented_statuses() {
         (409, "conflict".into())
     );
     assert_eq!(
-        api_error(c.stop("u").await.unwrap_err()),
+        api_error(c.stop("u", false).await.unwrap_err()),
         (409, "conflict".into())
+    );
+    let r = c
+        .raw(
+            Method::POST,
+            "/api/v1/processes/a/stop?force=perhaps",
+            &[],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json().unwrap()["code"].clone()),
+        (400, "invalid".into())
     );
 
     // Actions answer after they are done, with the process as it is then.
-    let stopped = c.stop("a").await.unwrap();
+    let stopped = c.stop("a", false).await.unwrap();
     assert_eq!(stopped.action, "stop");
     let p = stopped.process.unwrap();
-    assert_eq!((p.state.as_str(), p.pid), ("stopped", None));
+    assert_eq!((p.state, p.pid), (State::Stopped, None));
     let started = c.start("a").await.unwrap().process.unwrap();
-    assert_eq!(started.state, "running");
+    assert_eq!(started.state, State::Running);
     assert!(started.pid.is_some_and(|p| p != pid_a));
     let restarted = h.unix.restart("b", true).await.unwrap().process.unwrap();
-    assert_eq!(restarted.state, "running");
+    assert_eq!(restarted.state, State::Running);
     assert!(restarted.pid.is_some_and(|p| p != pid_b));
 
     // Logs: a known id without output yet is an empty text.
@@ -422,6 +442,9 @@ async fn routes_answer_with_the_documented_statuses() {
         "hsu_manager_cpu_seconds_total",
         "hsu_manager_open_fds",
         "hsu_manager_start_time_seconds",
+        "hsu_journal_write_failures_total",
+        "hsu_process_circuit_open",
+        "hsu_process_circuit_half_open",
         "hsu_api_requests_total",
         "hsu_api_unauthorized_total",
     ] {
@@ -434,6 +457,9 @@ async fn routes_answer_with_the_documented_statuses() {
     assert!(text.contains("hsu_process_state{id=\"a\",state=\"stopped\"} 0\n"));
     assert!(text.contains("hsu_process_up{id=\"u\"} 0\n"));
     assert!(text.contains("hsu_process_health{id=\"a\"} 1\n"));
+    assert!(text.contains("hsu_process_circuit_open{id=\"a\"} 0\n"));
+    assert!(text.contains("hsu_process_circuit_half_open{id=\"a\"} 0\n"));
+    assert!(text.contains("hsu_journal_write_failures_total 0\n"));
     let requests = text
         .lines()
         .find_map(|l| l.strip_prefix("hsu_api_requests_total{protocol=\"http\"} "))
@@ -497,6 +523,30 @@ async fn openapi_lists_every_route_and_each_get_answers() {
     listed.sort();
     want.sort();
     assert_eq!(listed, want);
+    // Query parameters are listed where the routes take them.
+    let query_params = |method: &str, path: &str| -> Vec<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        query_params("post", "/api/v1/processes/{id}/stop"),
+        ["force"]
+    );
+    assert_eq!(
+        query_params("post", "/api/v1/processes/{id}/restart"),
+        ["force"]
+    );
+    assert_eq!(query_params("get", "/api/v1/events"), ["follow", "since"]);
+    // The enum fields are listed with their words.
+    assert_eq!(
+        doc["components"]["schemas"]["Circuit"]["enum"],
+        serde_json::json!(["closed", "open", "half_open"])
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer_token"]["scheme"],
         "bearer"
@@ -533,7 +583,10 @@ async fn a_token_guards_every_route_but_healthz() {
         (401, "unauthorized".into())
     );
     assert_eq!(api_error(anonymous_unix.list().await.unwrap_err()).0, 401);
-    assert_eq!(api_error(anonymous.stop("a").await.unwrap_err()).0, 401);
+    assert_eq!(
+        api_error(anonymous.stop("a", false).await.unwrap_err()).0,
+        401
+    );
     // Even unknown routes: nothing is revealed without the token.
     let r = raw_http(addr, &get_head("/nowhere", ""), b"").await;
     assert_eq!(r.status, 401);
@@ -577,16 +630,8 @@ async fn a_non_loopback_bind_needs_a_token() {
     let manager = ProcessManager::start(Vec::new(), options, journal.clone())
         .await
         .unwrap();
-    let state = ApiState {
-        manager: manager.clone(),
-        journal,
-        config_path: dir.path().join("config.yaml"),
-        base_dir: dir.path().to_path_buf(),
-        log_dir: dir.path().join("logs"),
-        token: None,
-        metrics: Arc::new(ApiMetrics::default()),
-        started_at: std::time::SystemTime::now(),
-    };
+    let facade = ManagerFacade::new(manager.clone(), journal, dir.path().join("config.yaml"));
+    let state = ApiState::new(facade, None);
     let listen = ListenSettings {
         bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         port: 0,
@@ -630,7 +675,7 @@ async fn events_follow_streams_new_events() {
     assert_eq!(stream.status, 200);
     assert_eq!(stream.content_type.as_deref(), Some("text/event-stream"));
     // Subscribed once the head has arrived: this stop's events must come through.
-    h.unix.stop("a").await.unwrap();
+    h.unix.stop("a", false).await.unwrap();
     let mut text = String::new();
     let found = tokio::time::timeout(DEADLINE, async {
         while let Some(chunk) = stream.next_chunk().await {
@@ -878,5 +923,128 @@ async fn reload_applies_the_difference_or_keeps_the_old_config() {
     assert_ne!(h.wait_running("change").await, change);
     h.wait_running("new").await;
     assert_eq!(api_error(c.get("gone").await.unwrap_err()).0, 404);
+    h.finish().await;
+}
+
+/// Prints 150 numbered lines, then sleeps.
+fn counter(id: &str, dir: &Path) -> ProcessDefinition {
+    let mut control = ControlSpec::new("sh", dir);
+    control.arguments = vec!["-c".into(), "seq 1 150; exec sleep 30".into()];
+    control.graceful_timeout = Duration::from_secs(2);
+    definition(id, ProcessType::StandardManaged, Some(control))
+}
+
+/// A gRPC client on the API server's TCP port (h2c, as the server serves it).
+async fn grpc_client(
+    addr: SocketAddr,
+) -> hsu_api::grpc::ProcessManagerClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    hsu_api::grpc::ProcessManagerClient::new(channel)
+}
+
+async fn grpc_log(
+    client: &mut hsu_api::grpc::ProcessManagerClient<tonic::transport::Channel>,
+    id: &str,
+    tail: Option<u64>,
+) -> String {
+    use hsu_api::grpc::proto::procman::v1 as pb;
+    let mut chunks = client
+        .logs(pb::LogsRequest {
+            id: id.into(),
+            stream: String::new(),
+            tail,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = Vec::new();
+    while let Some(chunk) = chunks.message().await.unwrap() {
+        text.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8(text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_tail_has_one_default_on_http_and_grpc() {
+    let h = Harness::start(|dir| vec![counter("n", dir)], None).await;
+    let c = h.tcp.clone();
+    common::eventually("150 lines of output", || {
+        let c = c.clone();
+        async move {
+            let text = c.logs("n", "stdout", Some(1000)).await.ok()?;
+            text.ends_with("150\n").then_some(())
+        }
+    })
+    .await;
+    let default = hsu_api::service::DEFAULT_TAIL_LINES;
+    let expected: String = (151 - default..=150).map(|i| format!("{i}\n")).collect();
+    // No `tail` at all: the same documented default over both encodings.
+    let http = c.logs("n", "stdout", None).await.unwrap();
+    assert_eq!(http, expected);
+    let mut grpc = grpc_client(h.addr).await;
+    assert_eq!(grpc_log(&mut grpc, "n", None).await, expected);
+    // An explicit tail, and one above the cap, agree too.
+    assert_eq!(grpc_log(&mut grpc, "n", Some(3)).await, "148\n149\n150\n");
+    assert_eq!(
+        c.logs("n", "stdout", Some(3)).await.unwrap(),
+        "148\n149\n150\n"
+    );
+    let all: String = (1..=150).map(|i| format!("{i}\n")).collect();
+    assert_eq!(grpc_log(&mut grpc, "n", Some(u64::MAX)).await, all);
+    assert_eq!(
+        c.raw(
+            Method::GET,
+            "/api/v1/processes/n/logs?tail=99999999999999999999999",
+            &[],
+            None
+        )
+        .await
+        .unwrap()
+        .text(),
+        all
+    );
+    h.finish().await;
+}
+
+/// Ignores SIGTERM, and has a graceful timeout far longer than any test waits.
+fn stubborn(id: &str, dir: &Path) -> ProcessDefinition {
+    let mut control = ControlSpec::new("sh", dir);
+    control.arguments = vec!["-c".into(), "trap '' TERM; exec sleep 300".into()];
+    control.graceful_timeout = Duration::from_secs(120);
+    definition(id, ProcessType::StandardManaged, Some(control))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_force_reaches_the_supervisor() {
+    use hsu_api::grpc::proto::procman::v1 as pb;
+    let h = Harness::start(|dir| vec![stubborn("s", dir)], None).await;
+    h.wait_running("s").await;
+    // HTTP: answered (well inside the 120 s graceful timeout) once the tree is killed.
+    let p = h.tcp.stop("s", true).await.unwrap().process.unwrap();
+    assert_eq!(p.state, State::Stopped);
+    assert_eq!(p.last_exit.and_then(|e| e.signal), Some(9));
+    // gRPC: the same.
+    h.tcp.start("s").await.unwrap();
+    h.wait_running("s").await;
+    let mut grpc = grpc_client(h.addr).await;
+    let stopped = tokio::time::timeout(
+        DEADLINE,
+        grpc.stop(pb::StopRequest {
+            id: "s".into(),
+            force: true,
+        }),
+    )
+    .await
+    .expect("a forced stop does not wait for the graceful timeout")
+    .unwrap()
+    .into_inner();
+    let p = stopped.process.unwrap();
+    assert_eq!(p.state, "stopped");
+    assert_eq!(p.last_exit.and_then(|e| e.signal), Some(9));
     h.finish().await;
 }

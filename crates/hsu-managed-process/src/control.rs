@@ -93,6 +93,9 @@ pub enum ControlError {
     /// The process's supervisor is gone (the manager is shutting down).
     #[error("process `{0}`: supervisor is no longer running")]
     Gone(String),
+    /// The manager is shutting down and takes no more requests for the process.
+    #[error("process `{0}`: the manager is shutting down")]
+    Unavailable(String),
 }
 
 /// What every kind of process offers its manager. Each call resolves when the operation

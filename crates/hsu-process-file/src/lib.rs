@@ -12,7 +12,7 @@ mod pid_file;
 mod state_file;
 mod writer;
 
-pub use journal::{Journal, JournalError};
+pub use journal::{Follow, Journal, JournalError, JournalOptions};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
 pub use state_file::StateFile;

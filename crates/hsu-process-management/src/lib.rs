@@ -21,14 +21,24 @@
 //!
 //! `docs/architecture.md` has the table of what each input does in each state.
 //!
+//! The layers above (the control API) come in through one door, [`facade::ManagerFacade`]:
+//! processes and their health, control requests, reload, shutdown, captured output and
+//! the event journal, without reaching around the manager to files or the platform.
+//!
 //! This crate must never set a state by hand (only through the state machine) and never
 //! reap a process it does not know to be an orphan.
 
 pub mod config;
+pub mod facade;
 pub mod lifecycle;
 pub mod manager;
 pub mod platform;
 pub mod process_control_impl;
+
+pub use facade::{
+    Event, EventFollower, EventKind, Followed, HealthReport, HealthStatus, Journal, JournalError,
+    JournalOptions, LogError, ManagerFacade, ManagerUsage, ProcessView, ReloadError, Stream,
+};
 
 #[cfg(test)]
 mod fake_platform;

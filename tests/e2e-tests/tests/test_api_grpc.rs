@@ -76,9 +76,12 @@ fn grpc_on_the_same_port() {
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 
     // Stop: answered once the tree is gone.
-    let stopped = block_on(client.stop(pb::ProcessRequest { id: "svc".into() }))
-        .unwrap_or_else(|e| panic!("Stop: {e}"))
-        .into_inner();
+    let stopped = block_on(client.stop(pb::StopRequest {
+        id: "svc".into(),
+        force: false,
+    }))
+    .unwrap_or_else(|e| panic!("Stop: {e}"))
+    .into_inner();
     assert_eq!(stopped.action, "stop");
     assert_eq!(
         stopped.process.as_ref().map(|p| p.state.as_str()),
@@ -111,14 +114,20 @@ fn grpc_on_the_same_port() {
         pid3 != pid2 && !pid_alive(pid2),
         "restart: {pid2} -> {pid3}"
     );
-    let unknown = block_on(client.stop(pb::ProcessRequest { id: "nope".into() }))
-        .expect_err("Stop of an unknown id");
+    let unknown = block_on(client.stop(pb::StopRequest {
+        id: "nope".into(),
+        force: false,
+    }))
+    .expect_err("Stop of an unknown id");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
     // Events (not following): the whole journal, oldest first, as the JSON API has it.
     let events = block_on(async {
         let mut stream = client
-            .events(pb::EventsRequest { follow: false })
+            .events(pb::EventsRequest {
+                follow: false,
+                since: None,
+            })
             .await?
             .into_inner();
         let mut all = Vec::new();

@@ -56,7 +56,7 @@ pub(crate) fn root(cx: &mut Ctx, node: Option<&Node>) -> Root {
 }
 
 fn manager(cx: &mut Ctx, node: &Node, path: &str) -> ManagerSettings {
-    const KEYS: [&str; 7] = [
+    const KEYS: [&str; 8] = [
         "port",
         "bind",
         "api_token_file",
@@ -64,6 +64,7 @@ fn manager(cx: &mut Ctx, node: &Node, path: &str) -> ManagerSettings {
         "base_directory",
         "force_shutdown_timeout",
         "resource_sample_interval",
+        "event_journal",
     ];
     let mut s = ManagerSettings::default();
     let Some(m) = cx.map(node, path, &KEYS) else {
@@ -80,6 +81,9 @@ fn manager(cx: &mut Ctx, node: &Node, path: &str) -> ManagerSettings {
     s.resource_sample_interval = m
         .field(cx, "resource_sample_interval", positive_duration)
         .unwrap_or(s.resource_sample_interval);
+    if let Some(n) = m.get("event_journal") {
+        s.event_journal = rotation(cx, n, &m.at("event_journal"));
+    }
     s
 }
 

@@ -63,6 +63,8 @@ pub struct ManagerSettings {
     pub base_directory: Option<PathBuf>,
     pub force_shutdown_timeout: Duration,
     pub resource_sample_interval: Duration,
+    /// `event_journal`: when `events.jsonl` is rotated and how many rotated files are kept.
+    pub event_journal: Rotation,
     /// Nested form top-level `profile_type`, informational.
     pub profile_type: Option<String>,
     /// Nested form top-level `metadata`, informational.
@@ -83,6 +85,7 @@ impl Default for ManagerSettings {
             base_directory: None,
             force_shutdown_timeout: Duration::from_secs(30),
             resource_sample_interval: Duration::from_secs(1),
+            event_journal: Rotation::default(),
             profile_type: None,
             metadata: BTreeMap::new(),
         }

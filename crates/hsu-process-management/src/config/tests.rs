@@ -46,6 +46,7 @@ process_manager:
   base_directory: state
   force_shutdown_timeout: 45s
   resource_sample_interval: 500ms
+  event_journal: {max_size: 1MiB, max_files: 3}
 
 managed_processes:
   - id: web
@@ -127,6 +128,10 @@ fn full_canonical_config() {
             base_directory: Some("/etc/hsu/state".into()),
             force_shutdown_timeout: secs(45),
             resource_sample_interval: Duration::from_millis(500),
+            event_journal: Rotation {
+                max_size: 1024 * 1024,
+                max_files: 3,
+            },
             profile_type: None,
             metadata: BTreeMap::new(),
         }
@@ -499,6 +504,21 @@ log_collection:
     insta::with_settings!({prepend_module_to_snapshot => false}, {
         insta::assert_snapshot!("bad_values", out);
     });
+}
+
+#[test]
+fn event_journal_rotation_is_checked_like_the_logs() {
+    let c = ok("process_manager: {event_journal: {max_files: 2}}\n");
+    assert_eq!(c.manager.event_journal.max_files, 2);
+    assert_eq!(c.manager.event_journal.max_size, 10 * 1024 * 1024);
+    assert_eq!(
+        problems(
+            "process_manager:\n  event_journal: {max_size: 0, max_files: 0, max_age: 1d}\n"
+        ),
+        "/etc/hsu/config.yaml:2:29: process_manager.event_journal.max_size: must be more than zero\n\
+         /etc/hsu/config.yaml:2:43: process_manager.event_journal.max_files: must be at least 1\n\
+         /etc/hsu/config.yaml:2:46: process_manager.event_journal.max_age: unknown key `max_age`; did you mean `max_size`?"
+    );
 }
 
 #[test]

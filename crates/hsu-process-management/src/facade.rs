@@ -1,0 +1,457 @@
+//! The one way in for the layers above the manager (the control API): what they may see
+//! and do — processes, their status, definition and health, start / stop / restart,
+//! reload, shutdown, captured output, the event journal, and the manager's own usage —
+//! behind one type, [`ManagerFacade`].
+//!
+//! The API depends on this module rather than on the journal, the capture files, the
+//! health model or the platform layer directly, so that each of those can change without
+//! the API noticing, and so that no caller goes around the manager to a file. The facade
+//! decides nothing about a process: every change is the supervisor's, reached through
+//! [`ProcessManager`]. Errors are typed ([`ControlError`], [`LogError`], [`ReloadError`]);
+//! a caller maps variants, never message text.
+
+use crate::config::ConfigErrors;
+use crate::{ProcessManager, ReloadDiff};
+use bytes::Bytes;
+use hsu_log_collection::CaptureFiles;
+use hsu_managed_process::{ControlError, ProcessDefinition, ProcessStatus};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{broadcast, mpsc};
+
+pub use hsu_common::{Event, EventKind};
+pub use hsu_log_collection::{Stream, UnknownStream};
+pub use hsu_monitoring::{HealthReport, HealthStatus};
+pub use hsu_process_file::{Journal, JournalError, JournalOptions};
+
+/// The manager as the control API sees it. Cheap to clone; every clone is the same.
+#[derive(Clone)]
+pub struct ManagerFacade {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: ProcessManager,
+    journal: Arc<Journal>,
+    capture: CaptureFiles,
+    config_path: PathBuf,
+    started_at: SystemTime,
+    /// Set by [`ManagerFacade::request_shutdown`] and [`ManagerFacade::shutdown`]: no
+    /// control request is taken after it.
+    shutting_down: AtomicBool,
+}
+
+/// One process: its status, its definition and what its health checks found, read together.
+#[derive(Debug, Clone)]
+pub struct ProcessView {
+    pub status: ProcessStatus,
+    pub definition: Arc<ProcessDefinition>,
+    pub health: HealthReport,
+}
+
+/// The manager process's own resource usage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ManagerUsage {
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// User plus system CPU time since the manager started.
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+}
+
+/// Why captured output could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Unknown process (only known ids name a capture file).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The read was cut short (the runtime is shutting down).
+    #[error("reading {path} was interrupted")]
+    Interrupted { path: PathBuf },
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config file is invalid; every problem is in `problems`.
+    #[error("{} is invalid ({} problem(s)); the running config is unchanged", .path.display(), .problems.0.len())]
+    Invalid {
+        path: PathBuf,
+        problems: ConfigErrors,
+    },
+    #[error("the manager is shutting down; the config was not reloaded")]
+    ShuttingDown,
+    /// The reload task ended without an answer (the runtime is shutting down).
+    #[error("the reload was interrupted")]
+    Interrupted,
+}
+
+/// What a follower of the journal receives next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    Event(Event),
+    /// The follower fell behind the live feed by more than it holds; `missed` events were
+    /// skipped. Events after them follow. (A client that needs them asks again with
+    /// `since` = the last `seq` it got.)
+    Lagged {
+        missed: u64,
+    },
+}
+
+/// The journal from a `seq` on, then live: see [`ManagerFacade::follow_events`].
+pub struct EventFollower {
+    backlog: VecDeque<Event>,
+    live: broadcast::Receiver<Event>,
+    last_seq: u64,
+}
+
+impl EventFollower {
+    /// The next event (or lag notice); `None` once the journal is gone. Cancel-safe: it
+    /// can be raced against a timer without losing an event.
+    pub async fn next(&mut self) -> Option<Followed> {
+        if let Some(event) = self.backlog.pop_front() {
+            self.last_seq = event.seq;
+            return Some(Followed::Event(event));
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(event) if event.seq <= self.last_seq => continue,
+                Ok(event) => {
+                    self.last_seq = event.seq;
+                    return Some(Followed::Event(event));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Some(Followed::Lagged { missed })
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl ManagerFacade {
+    /// The facade over `manager` and its `journal`; `config_path` is what a reload reads.
+    /// Captured output is read from the manager's log directory.
+    pub fn new(
+        manager: ProcessManager,
+        journal: Arc<Journal>,
+        config_path: impl Into<PathBuf>,
+    ) -> ManagerFacade {
+        let capture = CaptureFiles::new(&manager.options().log_directory);
+        ManagerFacade {
+            inner: Arc::new(Inner {
+                manager,
+                journal,
+                capture,
+                config_path: config_path.into(),
+                started_at: SystemTime::now(),
+                shutting_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The config file a reload re-reads.
+    pub fn config_path(&self) -> &Path {
+        &self.inner.config_path
+    }
+
+    /// When this facade (and so the manager's service) was created.
+    pub fn started_at(&self) -> SystemTime {
+        self.inner.started_at
+    }
+
+    /// Every process, in config order, read at once.
+    pub fn processes(&self) -> Vec<ProcessView> {
+        self.inner
+            .manager
+            .overview()
+            .into_iter()
+            .map(|(status, definition)| view(status, definition))
+            .collect()
+    }
+
+    /// One process.
+    pub fn process(&self, id: &str) -> Result<ProcessView, ControlError> {
+        let manager = &self.inner.manager;
+        let not_found = || ControlError::NotFound(id.to_owned());
+        let status = manager.status(id).ok_or_else(not_found)?;
+        // Gone between the two reads: removed by a reload just now.
+        let definition = manager.definition(id).ok_or_else(not_found)?;
+        Ok(view(status, definition))
+    }
+
+    /// The definition of a process, as loaded.
+    pub fn definition(&self, id: &str) -> Option<Arc<ProcessDefinition>> {
+        self.inner.manager.definition(id)
+    }
+
+    fn accepting(&self, id: &str) -> Result<(), ControlError> {
+        if self.is_shutting_down() {
+            return Err(ControlError::Unavailable(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped or failed process; resolves once it has started.
+    pub async fn start(&self, id: &str) -> Result<(), ControlError> {
+        self.accepting(id)?;
+        self.inner.manager.start_process(id).await
+    }
+
+    /// Stops a process; resolves when nothing of its tree is left. `force` SIGKILLs the
+    /// tree at once (also ending a graceful stop in progress).
+    pub async fn stop(&self, id: &str, force: bool) -> Result<(), ControlError> {
+        self.accepting(id)?;
+        self.inner.manager.stop_process(id, force).await
+    }
+
+    /// Stops (if running) and starts a process; `force` ignores an open circuit breaker.
+    pub async fn restart(&self, id: &str, force: bool) -> Result<(), ControlError> {
+        self.accepting(id)?;
+        self.inner.manager.restart_process(id, force).await
+    }
+
+    /// Re-reads the config file and applies the difference; an invalid file changes nothing.
+    pub async fn reload(&self) -> Result<ReloadDiff, ReloadError> {
+        if self.is_shutting_down() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let path = &self.inner.config_path;
+        self.inner
+            .manager
+            .reload_from_file(path)
+            .await
+            .map_err(|problems| ReloadError::Invalid {
+                path: path.clone(),
+                problems,
+            })
+    }
+
+    /// Asks whoever runs the manager to shut it down; control requests are refused from now.
+    pub fn request_shutdown(&self, reason: &str) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.manager.request_shutdown(reason);
+    }
+
+    /// Resolves with the reason once a shutdown has been requested.
+    pub async fn shutdown_requested(&self) -> String {
+        self.inner.manager.shutdown_requested().await
+    }
+
+    /// Whether the manager is shutting down (requested, or under way).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Stops every process (see [`ProcessManager::shutdown`]); control requests are
+    /// refused from the start of it.
+    pub async fn shutdown(&self, reason: &str) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.manager.shutdown(reason).await;
+    }
+
+    /// Writes every event emitted so far to disk and stops the journal's writer. The last
+    /// call of a shutdown, so that `manager_stopped` is on disk before the process exits.
+    pub async fn close_journal(&self) {
+        let journal = self.inner.journal.clone();
+        if tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the event journal was not closed cleanly");
+        }
+    }
+
+    /// Where process `id`'s `stream` is captured; only known ids name a file.
+    fn capture_path(&self, id: &str, stream: Stream) -> Result<PathBuf, ControlError> {
+        if self.inner.manager.status(id).is_none() {
+            return Err(ControlError::NotFound(id.to_owned()));
+        }
+        Ok(self.inner.capture.path(id, stream))
+    }
+
+    /// The last `lines` lines of a process's captured `stream` (at most 16 MiB); a stream
+    /// not yet written is empty.
+    pub async fn log_tail(
+        &self,
+        id: &str,
+        stream: Stream,
+        lines: usize,
+    ) -> Result<Vec<u8>, LogError> {
+        let path = self.capture_path(id, stream)?;
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, lines)).await
+        };
+        match read {
+            Ok(Ok(tail)) => Ok(tail.bytes),
+            Ok(Err(source)) => Err(LogError::Read { path, source }),
+            Err(_) => Err(LogError::Interrupted { path }),
+        }
+    }
+
+    /// Follows a process's captured `stream`: the returned future sends the last `lines`
+    /// lines to `tx`, then whatever is appended (across truncation and rotation), until
+    /// `tx`'s receiver is gone. Drop it to stop sooner.
+    pub fn log_follow(
+        &self,
+        id: &str,
+        stream: Stream,
+        lines: usize,
+        tx: mpsc::Sender<Bytes>,
+    ) -> Result<impl Future<Output = ()> + Send + 'static, ControlError> {
+        let path = self.capture_path(id, stream)?;
+        Ok(hsu_log_collection::follow(path, lines, tx))
+    }
+
+    /// Stored events with a `seq` above `since` (every stored event for `None`), oldest
+    /// first. Recent events come from memory; only older ones are read from the files.
+    pub async fn events_since(&self, since: Option<u64>) -> Vec<Event> {
+        let journal = self.inner.journal.clone();
+        tokio::task::spawn_blocking(move || journal.since(since))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!("reading the event journal was interrupted");
+                Vec::new()
+            })
+    }
+
+    /// The events after `since` (none for `None`), then every new one as it is emitted:
+    /// no gap and no duplicate at the seam.
+    pub async fn follow_events(&self, since: Option<u64>) -> EventFollower {
+        let journal = self.inner.journal.clone();
+        let read = {
+            let journal = journal.clone();
+            tokio::task::spawn_blocking(move || journal.follow(since)).await
+        };
+        let follow = read.unwrap_or_else(|_| {
+            tracing::warn!("reading the event journal was interrupted");
+            journal.follow(None)
+        });
+        EventFollower {
+            backlog: follow.backlog.into(),
+            live: follow.live,
+            last_seq: since.unwrap_or(0),
+        }
+    }
+
+    /// Journal lines that could not be written since the manager started.
+    pub fn journal_write_failures(&self) -> u64 {
+        self.inner.journal.write_failures()
+    }
+
+    /// The manager process's own usage; `None` where the platform cannot tell.
+    pub fn usage(&self) -> Option<ManagerUsage> {
+        hsu_process::self_usage().map(|u| ManagerUsage {
+            rss_bytes: u.rss_bytes,
+            cpu_seconds: u.cpu_seconds,
+            open_fds: u.open_fds,
+        })
+    }
+}
+
+fn view(status: ProcessStatus, definition: Arc<ProcessDefinition>) -> ProcessView {
+    // `process` (liveness) is the one check there is: the verdict follows the state.
+    let health = hsu_monitoring::liveness(status.state);
+    ProcessView {
+        status,
+        definition,
+        health,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ManagerOptions;
+    use hsu_common::EventSink;
+    use std::time::Duration;
+
+    async fn facade(dir: &Path) -> ManagerFacade {
+        let journal = Arc::new(Journal::open(&dir.join("events.jsonl")).unwrap());
+        let manager = ProcessManager::new(
+            ManagerOptions {
+                base_directory: dir.to_path_buf(),
+                log_directory: dir.join("logs"),
+                force_shutdown_timeout: Duration::from_secs(5),
+                resource_sample_interval: Duration::from_secs(1),
+            },
+            journal.clone(),
+        )
+        .unwrap();
+        ManagerFacade::new(manager, journal, dir.join("config.yaml"))
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_and_shutdown_are_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = facade(dir.path()).await;
+        assert_eq!(
+            f.stop("nope", true).await,
+            Err(ControlError::NotFound("nope".into()))
+        );
+        assert!(matches!(
+            f.log_tail("nope", Stream::Stdout, 10).await,
+            Err(LogError::Control(ControlError::NotFound(_)))
+        ));
+        assert!(f.process("nope").is_err());
+        f.request_shutdown("test");
+        assert_eq!(
+            f.start("nope").await,
+            Err(ControlError::Unavailable("nope".into()))
+        );
+        assert!(matches!(f.reload().await, Err(ReloadError::ShuttingDown)));
+        assert_eq!(f.shutdown_requested().await, "test");
+        f.shutdown("test").await;
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_backlog_then_live_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = facade(dir.path()).await;
+        let journal = f.inner.journal.clone();
+        for _ in 0..3 {
+            journal.emit(
+                None,
+                EventKind::ConfigReloaded {
+                    added: vec![],
+                    removed: vec![],
+                    changed: vec![],
+                },
+            );
+        }
+        assert_eq!(f.events_since(Some(1)).await.len(), 2);
+        let mut follower = f.follow_events(Some(1)).await;
+        journal.emit(None, EventKind::ManagerStopped { reason: "x".into() });
+        let mut seqs = Vec::new();
+        while seqs.len() < 3 {
+            match follower.next().await {
+                Some(Followed::Event(e)) => seqs.push(e.seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seqs, [2, 3, 4]);
+
+        // A follower that falls behind is told how many events it missed, then goes on.
+        let mut slow = f.follow_events(None).await;
+        for _ in 0..1100 {
+            journal.emit(None, EventKind::ManagerStopped { reason: "x".into() });
+        }
+        assert_eq!(slow.next().await, Some(Followed::Lagged { missed: 76 }));
+        match slow.next().await {
+            Some(Followed::Event(e)) => assert_eq!(e.seq, 4 + 76 + 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        f.shutdown("test").await;
+    }
+}
