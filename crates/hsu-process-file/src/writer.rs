@@ -24,8 +24,6 @@ enum Job {
     },
     /// Everything queued before has been carried out.
     Flush(mpsc::SyncSender<()>),
-    /// The same, told to an async caller.
-    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The sending side of the writer thread. Cheap to clone; the thread ends when the last
@@ -95,15 +93,6 @@ impl FileWriter {
         }
     }
 
-    /// Resolves once everything queued so far has been carried out, without blocking a
-    /// thread: a caller that must answer only after a change is on disk awaits it.
-    pub async fn barrier(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.jobs.send(Job::Barrier(done)).is_ok() {
-            let _ = wait.await;
-        }
-    }
-
     /// How many queued writes have failed so far.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
@@ -129,10 +118,6 @@ fn run(job: Job) -> Result<(), (PathBuf, std::io::Error)> {
             None => Ok(()),
         },
         Job::Flush(done) => {
-            let _ = done.send(());
-            Ok(())
-        }
-        Job::Barrier(done) => {
             let _ = done.send(());
             Ok(())
         }

@@ -328,7 +328,10 @@ impl ProcessManager {
     /// Resolves once the marks the supervisors set so far are on disk, so that an answer
     /// to a stop or start survives a crash of the manager right after it.
     async fn durable_barrier(&self) {
-        self.inner.ctx.writer.barrier().await;
+        // A blocking-pool thread waits for the writer (this also keeps a paused test
+        // clock from running ahead while the disk is written).
+        let writer = self.inner.ctx.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
     }
 
     /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL
