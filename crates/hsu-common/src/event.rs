@@ -16,6 +16,7 @@ pub struct Event {
     /// The process the event is about; absent for manager-wide events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// What happened, with the kind's own fields.
     #[serde(flatten)]
     pub kind: EventKind,
 }
@@ -24,38 +25,65 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
+    /// The process moved from one state to another.
     StateChanged {
+        /// The state it left.
         from: ProcessState,
+        /// The state it entered.
         to: ProcessState,
+        /// Why it moved, in words (e.g. the exit or the command that caused it).
         reason: String,
     },
+    /// The process exited (or was killed by a signal).
     Exited {
+        /// The exit code, when it exited normally.
         code: Option<i32>,
+        /// The signal number that ended it, when a signal did.
         signal: Option<i32>,
     },
+    /// A restart is due after a backoff delay.
     RestartScheduled {
+        /// How long until the restart, in milliseconds.
         delay_ms: u64,
+        /// Which restart in a row this is for its trigger, counted from 1.
         attempt: u32,
+        /// What caused it: `exit`, `health_failure` or `resource_violation`.
         trigger: String,
     },
+    /// Too many restarts within the window: the circuit breaker opened and the process
+    /// stays `failed`.
     CircuitOpened {
+        /// Restarts counted inside the window when the breaker opened.
         restarts: u32,
+        /// The `restart.window` in milliseconds.
         window_ms: u64,
+        /// How long until the trial start, in milliseconds; 0 means only a start by hand.
         cooldown_ms: u64,
     },
+    /// The breaker closed again after the trial start stayed up long enough.
     CircuitClosed {
+        /// Why it closed, in words.
         reason: String,
     },
+    /// A new config was applied by a reload.
     ConfigReloaded {
+        /// Ids of the processes the new config added.
         added: Vec<String>,
+        /// Ids of the processes the new config removed.
         removed: Vec<String>,
+        /// Ids of the processes whose definition changed (and which were restarted).
         changed: Vec<String>,
     },
+    /// The manager started.
     ManagerStarted {
+        /// The manager's own PID.
         pid: u32,
+        /// The path of the config file it loaded.
         config: String,
     },
+    /// The manager stopped.
     ManagerStopped {
+        /// Why it stopped, in words.
         reason: String,
     },
 }
@@ -82,6 +110,7 @@ impl EventKind {
 /// process actors' loops) and must never fail the caller: a journal that cannot be written
 /// is reported in the manager log, supervision goes on.
 pub trait EventSink: Send + Sync {
+    /// Records one event about process `id` (or the manager, when `None`).
     fn emit(&self, id: Option<&str>, kind: EventKind);
 }
 

@@ -8,21 +8,30 @@ use std::str::FromStr;
 /// the operating system's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum StopSignal {
+    /// `SIGTERM`, the default: ask the process to terminate.
     #[default]
     Term,
+    /// `SIGINT`, as from Ctrl-C.
     Int,
+    /// `SIGQUIT`: quit, for programs that treat it as their stop request.
     Quit,
+    /// `SIGHUP`: hang-up, for programs that stop on it.
     Hup,
+    /// `SIGUSR1`: user-defined, for programs that stop on it.
     Usr1,
+    /// `SIGUSR2`: user-defined, for programs that stop on it.
     Usr2,
+    /// `SIGKILL`: end the process at once, with no chance to clean up.
     Kill,
 }
 
 impl StopSignal {
+    /// The accepted signal names, in the form they are shown to the user.
     pub const NAMES: [&'static str; 7] = [
         "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL",
     ];
 
+    /// The signal's name as the user writes it, e.g. `SIGTERM`.
     pub fn name(self) -> &'static str {
         match self {
             StopSignal::Term => "SIGTERM",

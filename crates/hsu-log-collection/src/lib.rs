@@ -29,11 +29,14 @@ const MAX_TAIL_BYTES: u64 = 16 * 1024 * 1024;
 /// One captured output stream of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
+    /// The process's standard output, captured to `<id>.stdout.log`.
     Stdout,
+    /// The process's standard error, captured to `<id>.stderr.log`.
     Stderr,
 }
 
 impl Stream {
+    /// The stream's name, `stdout` or `stderr`, as used in file names and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Stdout => "stdout",
@@ -79,10 +82,12 @@ pub struct CaptureFiles {
 }
 
 impl CaptureFiles {
+    /// The capture files kept in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CaptureFiles { dir: dir.into() }
     }
 
+    /// The directory holding the capture files.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -104,6 +109,7 @@ impl CaptureFiles {
 
 /// The end of a file as read by [`tail`].
 pub struct Tail {
+    /// The bytes of the last lines, oldest first.
     pub bytes: Vec<u8>,
     /// Where the file ended when read, and which file it was (to follow on from).
     end: u64,

@@ -20,6 +20,7 @@ pub enum ProcessType {
 }
 
 impl ProcessType {
+    /// The type's name as written in the config and shown in status, e.g. `standard_managed`.
     pub fn as_str(self) -> &'static str {
         match self {
             ProcessType::StandardManaged => "standard_managed",
@@ -28,6 +29,7 @@ impl ProcessType {
         }
     }
 
+    /// Whether the manager spawns and stops the process itself (every type but `unmanaged`).
     pub fn is_managed(self) -> bool {
         !matches!(self, ProcessType::Unmanaged)
     }
@@ -36,13 +38,18 @@ impl ProcessType {
 /// One entry of `managed_processes`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessDefinition {
+    /// `id`: the process's unique name, 1 to 64 of `A-Z a-z 0-9 _ -`.
     pub id: String,
+    /// `type`: how much of the process the manager owns.
     pub process_type: ProcessType,
+    /// `enabled`: `false` keeps the process in the config without starting it.
     pub enabled: bool,
     /// Present for the managed types; for unmanaged only when the user gave one
     /// (graceful_timeout etc. are then informational).
     pub control: Option<ControlSpec>,
+    /// `management.health_check`: how the process's health is judged.
     pub health_check: HealthCheckSpec,
+    /// `management.log_collection`: which of its output streams are captured.
     pub log_collection: ProcessLogCollection,
     /// Present for unmanaged processes only.
     pub discovery: Option<DiscoverySpec>,
@@ -58,21 +65,29 @@ pub struct ControlSpec {
     /// Absolute when the user wrote a path (anything with a `/`); a bare name is looked
     /// up on `PATH` at spawn time.
     pub executable: PathBuf,
+    /// `control.arguments`: the arguments passed to the executable.
     pub arguments: Vec<String>,
     /// Absolute; the config file's directory when not given.
     pub working_directory: PathBuf,
     /// Added to (and overriding) the manager's own environment.
     pub environment: BTreeMap<String, String>,
+    /// `control.graceful_timeout`: how long a stop waits after `stop_signal` before it
+    /// kills the whole tree.
     pub graceful_timeout: Duration,
+    /// `control.stop_signal`: the signal sent to the process group to ask it to stop.
     pub stop_signal: StopSignal,
+    /// `control.restart_policy`: which exits lead to a restart.
     pub restart_policy: RestartPolicy,
+    /// `control.restart`: backoff and circuit-breaker tuning.
     pub restart: RestartTuning,
+    /// `control.limits`: resource limits and what to do when one is crossed.
     pub limits: Limits,
     /// integrated_managed only: the flag the manager appends before the port number.
     pub port_argument: Option<String>,
 }
 
 impl ControlSpec {
+    /// The `graceful_timeout` used when the config gives none (10 s).
     pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A spec with every default, for tests and programmatic use.
@@ -96,13 +111,18 @@ impl ControlSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartPolicy {
+    /// `never`: an ended process is never restarted.
     Never,
+    /// `on_failure` (the default): restart after a non-zero exit or a kill; a clean exit
+    /// (code 0) completes the process.
     #[default]
     OnFailure,
+    /// `always`: restart after every exit, clean or not.
     Always,
 }
 
 impl RestartPolicy {
+    /// The policy's name as written in the config, e.g. `on_failure`.
     pub fn as_str(self) -> &'static str {
         match self {
             RestartPolicy::Never => "never",
@@ -125,6 +145,7 @@ pub struct RestartTuning {
     pub reset_after: Duration,
     /// Restarts allowed inside `window` before the breaker opens.
     pub max_retries: u32,
+    /// `window`: the time span in which `max_retries` restarts are counted.
     pub window: Duration,
     /// How long an open breaker waits before its one trial start; zero = until started by hand.
     pub cooldown: Duration,
@@ -157,8 +178,11 @@ impl Default for RestartTuning {
 /// Per-trigger budget overrides; `None` falls back to the process-wide tuning.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct TriggerOverride {
+    /// `retry_delay` for this trigger.
     pub retry_delay: Option<Duration>,
+    /// `backoff_rate` for this trigger.
     pub backoff_rate: Option<f64>,
+    /// `max_retries` for this trigger.
     pub max_retries: Option<u32>,
 }
 
@@ -166,18 +190,28 @@ pub struct TriggerOverride {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitPolicy {
+    /// `none`: do nothing.
     None,
+    /// `log` (the default): warn in the manager log and the event journal.
     #[default]
     Log,
+    /// `alert`: emit an `alert` event and show it in the process's status.
     Alert,
+    /// `throttle`: slow the process down (CPU quota or memory pressure) instead of stopping it.
     Throttle,
+    /// `graceful_shutdown`: stop the process gracefully and do not restart it.
     GracefulShutdown,
+    /// `immediate_kill`: kill the whole tree with SIGKILL and do not restart it.
     ImmediateKill,
+    /// `restart`: restart gracefully, counted against the `resource_violations` budget.
     Restart,
+    /// `restart_adjusted`: restart, and give the next run a limit raised by 25% (up to
+    /// twice the configured one).
     RestartAdjusted,
 }
 
 impl LimitPolicy {
+    /// Every policy name, as written in the config.
     pub const NAMES: [&'static str; 8] = [
         "none",
         "log",
@@ -190,45 +224,64 @@ impl LimitPolicy {
     ];
 }
 
+/// `control.limits`: per-resource limits, each measured over the whole process tree.
+/// Accepted and validated; not yet enforced.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Limits {
+    /// `memory`: a cap on resident memory.
     pub memory: Option<MemoryLimit>,
+    /// `cpu`: a cap on CPU use.
     pub cpu: Option<CpuLimit>,
+    /// `file_descriptors`: a cap on open file descriptors.
     pub file_descriptors: Option<CountLimit>,
+    /// `processes`: a cap on the number of processes in the tree.
     pub processes: Option<CountLimit>,
 }
 
+/// `limits.memory`: a cap on the tree's resident memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryLimit {
     /// Bytes, for the whole process tree.
     pub max_rss: u64,
     /// Percent of `max_rss` at which a warning event is emitted.
     pub warning_threshold: Option<f64>,
+    /// `policy`: what to do when `max_rss` is crossed.
     pub policy: LimitPolicy,
 }
 
+/// `limits.cpu`: a cap on the tree's CPU use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuLimit {
     /// Percent of one core (200 = two cores), for the whole process tree.
     pub max_percent: f64,
+    /// `warning_threshold`: percent of `max_percent` at which a warning event is emitted.
     pub warning_threshold: Option<f64>,
+    /// `policy`: what to do when usage stays above `max_percent` for `sustained_for`.
     pub policy: LimitPolicy,
     /// How long usage must stay above the limit before the policy acts.
     pub sustained_for: Duration,
 }
 
+/// `limits.file_descriptors` or `limits.processes`: a cap on a count.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CountLimit {
+    /// `max`: the highest count allowed (at least 1).
     pub max: u64,
+    /// `policy`: what to do when `max` is crossed.
     pub policy: LimitPolicy,
 }
 
 /// How a process's health is judged.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthCheckSpec {
+    /// `health_check.type` and its settings: what the check probes.
     pub kind: HealthCheckKind,
+    /// `health_check.interval`: time between two checks.
     pub interval: Duration,
+    /// `health_check.timeout`: how long one check may take before it counts as failed; less
+    /// than `interval`.
     pub timeout: Duration,
+    /// `health_check.initial_delay`: wait this long after a start before the first check.
     pub initial_delay: Duration,
     /// Consecutive failures that make a process unhealthy.
     pub failure_threshold: u32,
@@ -249,32 +302,48 @@ impl Default for HealthCheckSpec {
     }
 }
 
+/// The kind of health check (`health_check.type`) with its kind-specific settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HealthCheckKind {
     /// Healthy while the process is alive (observed from the kernel, not polled).
     Process,
+    /// `http`: healthy when a request to `url` answers 2xx.
     Http {
+        /// `http.url`: the address requested, starting with `http://` or `https://`.
         url: String,
+        /// `http.method`: the HTTP method, upper-case (default `GET`).
         method: String,
     },
+    /// `grpc`: healthy when the `grpc.health.v1` Check call reports serving.
     Grpc {
+        /// `grpc.address`: where the server listens, as `host:port`.
         address: String,
+        /// `grpc.service`: the service name asked about; empty for the server as a whole.
         service: String,
     },
+    /// `tcp`: healthy when a TCP connection to `address` succeeds.
     Tcp {
+        /// `tcp.address`: where to connect, as `host:port`.
         address: String,
     },
+    /// `exec`: healthy when the command exits with status 0.
     Exec {
+        /// `exec.command`: the program to run, resolved like `executable`.
         command: PathBuf,
+        /// `exec.arguments`: the arguments passed to it.
         arguments: Vec<String>,
     },
 }
 
+/// `management.log_collection`: what is captured of one process's output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProcessLogCollection {
+    /// `enabled`: `false` captures neither stream.
     pub enabled: bool,
+    /// `capture_stdout`: capture standard output to `<id>.stdout.log`.
     pub capture_stdout: bool,
+    /// `capture_stderr`: capture standard error to `<id>.stderr.log`.
     pub capture_stderr: bool,
 }
 
@@ -288,16 +357,23 @@ impl Default for ProcessLogCollection {
     }
 }
 
+/// `management.discovery` (unmanaged only): how the manager finds a process it did not start.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiscoverySpec {
+    /// `method` and its setting: what identifies the process.
     pub method: DiscoveryMethod,
+    /// `check_interval`: how often the manager looks for the process.
     pub check_interval: Duration,
 }
 
+/// How an unmanaged process is found (`discovery.method`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiscoveryMethod {
+    /// `pid_file`: the PID written in this file.
     PidFile(PathBuf),
+    /// `process_name`: a running process with this name.
     ProcessName(String),
+    /// `port`: the process listening on this port.
     Port(u16),
 }

@@ -12,13 +12,16 @@ use std::time::SystemTime;
 /// The verdict shown in status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthStatus {
+    /// The latest checks passed.
     Healthy,
+    /// The checks failed `failure_threshold` times in a row.
     Unhealthy,
     /// Not checked (not running, or no verdict yet).
     Unknown,
 }
 
 impl HealthStatus {
+    /// The verdict's name as shown in status, e.g. `healthy`.
     pub fn as_str(self) -> &'static str {
         match self {
             HealthStatus::Healthy => "healthy",
@@ -31,9 +34,13 @@ impl HealthStatus {
 /// What the health checks of one process have found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthReport {
+    /// The current verdict.
     pub status: HealthStatus,
+    /// Failed checks in a row since the last success.
     pub consecutive_failures: u32,
+    /// When a check last ran; `None` until one has actually run.
     pub last_check_at: Option<SystemTime>,
+    /// The error the last check reported, when it failed.
     pub last_error: Option<String>,
 }
 

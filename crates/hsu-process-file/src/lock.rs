@@ -4,13 +4,23 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// Why `manager.lock` could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// Another manager holds the lock: a second manager on one base directory refuses to start.
     #[error("another manager (pid {holder}) is already running on this base directory ({path})")]
-    Held { path: PathBuf, holder: String },
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's PID as written in the lock file, or `unknown`.
+        holder: String,
+    },
+    /// The lock file could not be opened, locked or written.
     #[error("cannot lock {path}: {source}")]
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -24,6 +34,8 @@ pub struct ManagerLock {
 }
 
 impl ManagerLock {
+    /// Takes the lock at `path` (creating the file) and writes this manager's PID into it;
+    /// fails with [`LockError::Held`] while another manager holds it.
     pub fn acquire(path: &Path) -> Result<ManagerLock, LockError> {
         let io = |source| LockError::Io {
             path: path.to_path_buf(),

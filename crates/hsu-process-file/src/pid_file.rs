@@ -9,16 +9,19 @@ pub struct PidFiles {
 }
 
 impl PidFiles {
+    /// The PID files kept in `dir`, which is created if missing.
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<PidFiles> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         Ok(PidFiles { dir })
     }
 
+    /// Where process `id`'s PID file lives: `<dir>/<id>.pid`.
     pub fn path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.pid"))
     }
 
+    /// Writes `"<pid>\n"` for process `id`, atomically, so a reader never sees half a file.
     pub fn write(&self, id: &str, pid: u32) -> std::io::Result<()> {
         crate::write_atomic(&self.path(id), format!("{pid}\n").as_bytes())
     }

@@ -17,12 +17,17 @@ use std::time::{Duration, Instant};
 /// What caused a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
+    /// The process exited (or could not be spawned).
     Exit,
+    /// Its health checks failed `failure_threshold` times in a row.
     HealthFailure,
+    /// It crossed a resource limit whose policy restarts it.
     ResourceViolation,
 }
 
 impl Trigger {
+    /// The trigger's name as shown in the journal: `exit`, `health_failure` or
+    /// `resource_violation`.
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Exit => "exit",
@@ -44,17 +49,25 @@ impl Trigger {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// The policy does not restart this exit: the process is done.
-    Stay { completed: bool },
+    Stay {
+        /// The exit was clean (code 0): the process is `stopped` as completed, not `failed`.
+        completed: bool,
+    },
     /// Start again after `delay`.
     Restart {
+        /// How long to wait before the start.
         delay: Duration,
+        /// Which restart in a row this is for the trigger, counted from 1.
         attempt: u32,
+        /// What caused the restart (the budget it counts against).
         trigger: Trigger,
     },
     /// Too many restarts in the window (or the half-open trial failed): the breaker opens.
     /// `cooldown` is when the trial start comes; `None` = only a start by hand.
     OpenCircuit {
+        /// Restarts counted inside the window when the breaker opened.
         restarts: u32,
+        /// How long the breaker stays open before the trial start; `None`: until a start by hand.
         cooldown: Option<Duration>,
     },
 }
@@ -86,6 +99,7 @@ struct Effective {
 }
 
 impl RestartTracker {
+    /// Bookkeeping for a process that has not started yet, breaker closed.
     pub fn new(policy: RestartPolicy, tuning: RestartTuning) -> Self {
         RestartTracker {
             policy,
@@ -96,10 +110,12 @@ impl RestartTracker {
         }
     }
 
+    /// The breaker's position.
     pub fn circuit(&self) -> Circuit {
         self.circuit
     }
 
+    /// The backoff and breaker tuning it applies.
     pub fn tuning(&self) -> &RestartTuning {
         &self.tuning
     }

@@ -27,8 +27,11 @@ use hsu_common::{EventKind, EventSink, ProcessState};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("process `{id}`: transition {from} -> {to} is not allowed")]
 pub struct InvalidTransition {
+    /// The process whose transition was refused.
     pub id: String,
+    /// The state it was in.
     pub from: ProcessState,
+    /// The state the caller asked for.
     pub to: ProcessState,
 }
 
@@ -76,10 +79,12 @@ impl StateMachine {
         }
     }
 
+    /// The id of the process this machine belongs to.
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The current state.
     pub fn state(&self) -> ProcessState {
         self.state
     }

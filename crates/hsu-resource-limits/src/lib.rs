@@ -16,9 +16,11 @@ use std::time::Instant;
 /// Usage of a set of processes, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TreeUsage {
+    /// Resident memory, in bytes.
     pub rss_bytes: u64,
     /// User + system CPU time of the live members, in seconds.
     pub cpu_seconds: f64,
+    /// Open file descriptors.
     pub fds: u64,
     /// Members that could still be read (a process may exit mid-sample).
     pub processes: u64,

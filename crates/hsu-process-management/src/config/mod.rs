@@ -44,9 +44,11 @@ pub struct Config {
     pub source: PathBuf,
     /// The directory relative paths in the config were resolved against.
     pub config_dir: PathBuf,
+    /// `process_manager`: the manager's own settings.
     pub manager: ManagerSettings,
     /// Every process, in file order, disabled ones included (the manager skips them).
     pub processes: Vec<ProcessDefinition>,
+    /// Top-level `log_collection`: output capture, rotation and aggregation.
     pub log_collection: LogCollectionSettings,
 }
 
@@ -55,13 +57,18 @@ pub struct Config {
 pub struct ManagerSettings {
     /// Control API port; 0 picks a free one.
     pub port: u16,
+    /// `bind`: the address the control API listens on; a non-loopback one needs an API token.
     pub bind: IpAddr,
     /// Absolute.
     pub api_token_file: Option<PathBuf>,
+    /// `log_level`: the manager's own log level (`--debug` and `RUST_LOG` override it).
     pub log_level: LogLevel,
     /// Absolute when given; `None` leaves the choice to the manager (see the spec, §6).
     pub base_directory: Option<PathBuf>,
+    /// `force_shutdown_timeout`: upper bound on the whole shutdown.
     pub force_shutdown_timeout: Duration,
+    /// `resource_sample_interval`: how often resource usage is sampled (under 100 ms counts
+    /// as 100 ms).
     pub resource_sample_interval: Duration,
     /// `event_journal`: when `events.jsonl` is rotated and how many rotated files are kept.
     pub event_journal: Rotation,
@@ -72,6 +79,7 @@ pub struct ManagerSettings {
 }
 
 impl ManagerSettings {
+    /// The control API port used when `port` is absent.
     pub const DEFAULT_PORT: u16 = 50055;
 }
 
@@ -95,15 +103,21 @@ impl Default for ManagerSettings {
 /// The manager's own log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogLevel {
+    /// `trace`: the most detailed output.
     Trace,
+    /// `debug`: detail for finding problems.
     Debug,
+    /// `info` (the default): what the manager does, in normal operation.
     #[default]
     Info,
+    /// `warn`: warnings and errors only.
     Warn,
+    /// `error`: errors only.
     Error,
 }
 
 impl LogLevel {
+    /// The level's name as written in the config, e.g. `info`.
     pub fn as_str(self) -> &'static str {
         match self {
             LogLevel::Trace => "trace",
@@ -118,12 +132,17 @@ impl LogLevel {
 /// Top-level `log_collection:`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogCollectionSettings {
+    /// `enabled`: `false` captures no process's output.
     pub enabled: bool,
     /// Kept as written: relative to the base directory unless absolute.
     pub directory: PathBuf,
+    /// `rotation`: when capture files are rotated and how many are kept. Accepted; not yet
+    /// acted on.
     pub rotation: Rotation,
     /// Prefix each stored line with its arrival time.
     pub timestamps: bool,
+    /// `global_aggregation`: copying every process's output to shared targets. Accepted;
+    /// not yet acted on.
     pub global_aggregation: Aggregation,
 }
 
@@ -139,6 +158,7 @@ impl Default for LogCollectionSettings {
     }
 }
 
+/// `log_collection.rotation`: size-based rotation of the log files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rotation {
     /// Bytes at which a log file is rotated.
@@ -159,7 +179,9 @@ impl Default for Rotation {
 /// Where all processes' output is copied to, besides the per-process files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregation {
+    /// `enabled`: `false` aggregates nothing.
     pub enabled: bool,
+    /// `targets`: where the aggregated output goes; with none, nothing is aggregated.
     pub targets: Vec<AggregationTarget>,
 }
 
@@ -172,26 +194,37 @@ impl Default for Aggregation {
     }
 }
 
+/// One `global_aggregation.targets` entry: one place aggregated output is written to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregationTarget {
+    /// `type`: a file or the manager's own stdout.
     pub kind: TargetKind,
     /// `file` targets only; kept as written: relative to the log directory unless absolute.
     pub path: Option<PathBuf>,
+    /// `format`: how each line is written.
     pub format: LogFormat,
+    /// `prefix`: text put before each line.
     pub prefix: Option<String>,
 }
 
+/// A target's `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
+    /// `file`: a file at `path`.
     File,
+    /// `process_manager_stdout`: the manager's own standard output.
     ProcessManagerStdout,
 }
 
+/// A target's line `format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
+    /// `plain` (the default): the line as the process wrote it.
     #[default]
     Plain,
+    /// `enhanced_plain`: the line, marked with the process it came from.
     EnhancedPlain,
+    /// `json`: one JSON object per line.
     Json,
 }
 

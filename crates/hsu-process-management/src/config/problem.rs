@@ -16,6 +16,7 @@ pub struct Problem {
     pub col: usize,
     /// Dotted path of the offending key, e.g. `managed_processes[2].management.control`.
     pub path: String,
+    /// What is wrong, in words for the user.
     pub message: String,
 }
 
