@@ -8,6 +8,10 @@
 //! `FD_CLOEXEC`. So `spawn` empties the mask itself, in the child before exec, and
 //! [`seal_inherited_fds`] marks the inherited descriptors once, at start.
 
+// The platform's calls (pre-exec signal mask, close_range, fcntl) need `unsafe`; this is
+// the one module allowed it, and each block says why it is sound.
+#![allow(unsafe_code)]
+
 use crate::{ExitInfo, SpawnError, SpawnSpec, TAG_ENV};
 use hsu_common::StopSignal;
 use nix::sys::signal::{kill, killpg, Signal};
