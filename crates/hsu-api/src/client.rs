@@ -14,7 +14,9 @@ use std::time::Duration;
 /// Where the API listens: `http://HOST:PORT` or `unix:/path/to/api.sock`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiAddress {
+    /// A TCP address, `HOST:PORT` (without the `http://`).
     Tcp(String),
+    /// The path of the manager's Unix socket (`api.sock`).
     Unix(PathBuf),
 }
 
@@ -52,17 +54,33 @@ impl std::fmt::Display for ApiAddress {
     }
 }
 
+/// Why a call of the control API failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered at the address.
     #[error("manager not reachable at {address}: {reason}")]
-    Unreachable { address: String, reason: String },
+    Unreachable {
+        /// The address that was tried.
+        address: String,
+        /// Why it could not be reached (connection refused, timed out, ...).
+        reason: String,
+    },
     /// The API answered with an error status.
     #[error("{}", .error.error)]
-    Api { status: u16, error: ApiError },
+    Api {
+        /// The HTTP status code (4xx or 503).
+        status: u16,
+        /// The error body the API sent.
+        error: ApiError,
+    },
     /// The answer was not what the API sends.
     #[error("unexpected answer from {address}: {reason}")]
-    Protocol { address: String, reason: String },
+    Protocol {
+        /// The address that answered.
+        address: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -78,16 +96,21 @@ impl ClientError {
 /// A raw answer: status, content type and body.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
+    /// The HTTP status code.
     pub status: u16,
+    /// The `Content-Type` header, if the answer had one.
     pub content_type: Option<String>,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl RawResponse {
+    /// The body as text (invalid UTF-8 replaced).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The body parsed as JSON; `None` if it is not JSON.
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
@@ -95,7 +118,9 @@ impl RawResponse {
 
 /// A streaming answer (logs or events with `follow=true`).
 pub struct Streaming {
+    /// The HTTP status code.
     pub status: u16,
+    /// The `Content-Type` header, if the answer had one.
     pub content_type: Option<String>,
     body: hyper::body::Incoming,
 }
@@ -134,6 +159,7 @@ trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
 
 impl ApiClient {
+    /// A client of the API at `address`, sending `token` as a bearer token if given.
     pub fn new(address: ApiAddress, token: Option<String>) -> Self {
         ApiClient {
             address,
@@ -142,6 +168,7 @@ impl ApiClient {
         }
     }
 
+    /// The address this client talks to.
     pub fn address(&self) -> &ApiAddress {
         &self.address
     }
@@ -297,6 +324,7 @@ impl ApiClient {
         }
     }
 
+    /// Checks that the manager is alive (`GET /healthz`); needs no token.
     pub async fn healthz(&self) -> Result<(), ClientError> {
         let resp = self.raw(Method::GET, "/healthz", &[], None).await?;
         if resp.status == 200 {
@@ -306,15 +334,18 @@ impl ApiClient {
         }
     }
 
+    /// Every configured process, in config order.
     pub async fn list(&self) -> Result<Vec<Process>, ClientError> {
         self.json(Method::GET, "/api/v1/processes").await
     }
 
+    /// One process by its id.
     pub async fn get(&self, id: &str) -> Result<Process, ClientError> {
         self.json(Method::GET, &format!("/api/v1/processes/{id}"))
             .await
     }
 
+    /// Starts a process; answers once it is started.
     pub async fn start(&self, id: &str) -> Result<Accepted, ClientError> {
         self.json(Method::POST, &format!("/api/v1/processes/{id}/start"))
             .await
@@ -327,16 +358,19 @@ impl ApiClient {
             .await
     }
 
+    /// Restarts a process; `force` restarts it even while its circuit breaker is open.
     pub async fn restart(&self, id: &str, force: bool) -> Result<Accepted, ClientError> {
         let q = if force { "?force=true" } else { "" };
         self.json(Method::POST, &format!("/api/v1/processes/{id}/restart{q}"))
             .await
     }
 
+    /// Re-reads the config file and applies what changed.
     pub async fn reload(&self) -> Result<ReloadResult, ClientError> {
         self.json(Method::POST, "/api/v1/reload").await
     }
 
+    /// Asks the manager to stop every process and exit.
     pub async fn shutdown(&self) -> Result<Accepted, ClientError> {
         self.json(Method::POST, "/api/v1/shutdown").await
     }

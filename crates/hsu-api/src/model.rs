@@ -60,18 +60,26 @@ macro_rules! words {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{value}` is not a {field} (expected one of: {})", .expected.join(", "))]
 pub struct UnknownValue {
+    /// The type of the field, e.g. `State`.
     pub field: &'static str,
+    /// The word that was given.
     pub value: String,
+    /// The words the field accepts, in the documented order.
     pub expected: Vec<&'static str>,
 }
 
 words! {
     /// A process's state (SPEC §5).
     State {
+        /// Not running, and not about to be started.
         Stopped => "stopped",
+        /// Spawned, waiting for its first passing health check.
         Starting => "starting",
+        /// Running.
         Running => "running",
+        /// Being stopped; its tree is not gone yet.
         Stopping => "stopping",
+        /// Exited or could not start; may be waiting for a restart (`next_restart_at`).
         Failed => "failed",
     }
 }
@@ -79,8 +87,11 @@ words! {
 words! {
     /// How much of a process the manager owns.
     ProcessType {
+        /// Spawned and supervised by the manager.
         StandardManaged => "standard_managed",
+        /// Spawned and supervised, and serves `hsu.core.v1.CoreService` to the manager.
         IntegratedManaged => "integrated_managed",
+        /// Started elsewhere; the manager only watches it and cannot start or stop it.
         Unmanaged => "unmanaged",
     }
 }
@@ -88,7 +99,9 @@ words! {
 words! {
     /// The health checks' verdict.
     HealthStatus {
+        /// The checks pass.
         Healthy => "healthy",
+        /// The checks fail.
         Unhealthy => "unhealthy",
         /// Not checked (not running, or no verdict yet).
         Unknown => "unknown",
@@ -98,8 +111,11 @@ words! {
 words! {
     /// The circuit breaker's position.
     Circuit {
+        /// Restarts happen as usual.
         Closed => "closed",
+        /// Too many restarts: automatic restarts are held off until the cooldown ends.
         Open => "open",
+        /// The cooldown is over and one trial start is let through.
         HalfOpen => "half_open",
     }
 }
@@ -107,7 +123,9 @@ words! {
 words! {
     /// One captured output stream of a process.
     LogStream {
+        /// Standard output.
         Stdout => "stdout",
+        /// Standard error.
         Stderr => "stderr",
     }
 }
@@ -169,18 +187,28 @@ impl From<LogStream> for Stream {
 /// A process as the API shows it (SPEC §7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Process {
+    /// The process's id, as configured.
     pub id: String,
+    /// `type`: how much of the process the manager owns.
     #[serde(rename = "type")]
     pub process_type: ProcessType,
+    /// Its current state.
     pub state: State,
+    /// PID of the main process while it runs; null otherwise.
     pub pid: Option<u32>,
     /// RFC 3339, while running.
     pub started_at: Option<String>,
+    /// Seconds since it started, while running.
     pub uptime_secs: Option<u64>,
+    /// How many times the manager restarted it automatically.
     pub restart_count: u32,
+    /// How it last ended; null if it has not exited yet.
     pub last_exit: Option<LastExit>,
+    /// Why it is in its state, in words (e.g. `exited with code 3`).
     pub reason: String,
+    /// The health checks' latest verdict.
     pub health: Health,
+    /// The position of its restart circuit breaker.
     pub circuit: Circuit,
     /// RFC 3339, while a restart (or a breaker trial) is scheduled.
     pub next_restart_at: Option<String>,
@@ -198,22 +226,31 @@ pub struct Process {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// How a process last ended (`last_exit` of [`Process`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LastExit {
+    /// Its exit code; null if a signal killed it.
     pub code: Option<i32>,
+    /// The number of the signal that killed it; null if it exited on its own.
     pub signal: Option<i32>,
     /// RFC 3339
     pub at: String,
 }
 
+/// A process's health (`health` of [`Process`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
+    /// The verdict: healthy, unhealthy or unknown.
     pub status: HealthStatus,
+    /// Failed checks in a row since the last passing one.
     pub consecutive_failures: u32,
+    /// RFC 3339 time of the latest check; null until a check has actually run.
     pub last_check_at: Option<String>,
+    /// The error the latest check reported, when it failed; null otherwise.
     pub last_error: Option<String>,
 }
 
+/// Resource usage of a process's whole tree (`resources` of [`Process`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Resources {
     /// Resident memory of the whole tree.
@@ -222,6 +259,7 @@ pub struct Resources {
     pub cpu_percent: f64,
     /// CPU time of the tree's live members.
     pub cpu_seconds: f64,
+    /// Open file descriptors of the tree.
     pub fds: u64,
     /// Members of the tree.
     pub processes: u64,
@@ -230,7 +268,9 @@ pub struct Resources {
 /// Every error body: `{"error": "...", "code": "not_found|conflict|invalid|unauthorized|..."}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
+    /// What went wrong, in words.
     pub error: String,
+    /// The kind of error: `not_found`, `conflict`, `invalid`, `unauthorized` or `unavailable`.
     pub code: String,
     /// For an invalid config (reload): every problem, one `FILE:LINE:COL: path: message` each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -240,7 +280,9 @@ pub struct ApiError {
 /// The body of 202 answers to start/stop/restart and of shutdown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
+    /// The process acted on (absent for shutdown).
     pub id: Option<String>,
+    /// The action that was done: start, stop, restart or shutdown.
     pub action: String,
     /// The process after the action (absent for shutdown).
     pub process: Option<Process>,
@@ -249,9 +291,13 @@ pub struct Accepted {
 /// What a reload changed, by process id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReloadResult {
+    /// New processes, now started.
     pub added: Vec<String>,
+    /// Processes no longer in the config, now stopped.
     pub removed: Vec<String>,
+    /// Processes whose definition changed, now restarted.
     pub changed: Vec<String>,
+    /// Processes left alone (same PID).
     pub unchanged: Vec<String>,
 }
 

@@ -33,21 +33,30 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A client has this long to send a request's head (HTTP/1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why the control API could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The address to bind is not loopback and no API token is configured.
     #[error("binding the control API to {0} requires an API token (process_manager.api_token_file or HSU_API_TOKEN)")]
     TokenRequired(IpAddr),
+    /// An API token is configured but empty.
     #[error("the API token is empty")]
     EmptyToken,
+    /// A listener (TCP port or Unix socket) could not be opened.
     #[error("cannot listen on {address}: {source}")]
     Listen {
+        /// The TCP address or socket path.
         address: String,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// The `api.addr` file could not be written.
     #[error("cannot write {path}: {source}")]
     AddressFile {
+        /// The file's path.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
@@ -58,6 +67,7 @@ pub enum ServerError {
 pub struct RunningServer {
     /// The bound TCP address (the real port when 0 was asked for).
     pub local_addr: SocketAddr,
+    /// The path of the Unix socket (`<base>/api.sock`).
     pub socket_path: PathBuf,
     addr_file: PathBuf,
     stopping: watch::Sender<bool>,

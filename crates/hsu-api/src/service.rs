@@ -40,7 +40,9 @@ pub enum ServiceError {
     /// A reload of an invalid config: nothing changed; every problem is listed.
     #[error("{message}")]
     InvalidConfig {
+        /// Which file is invalid and how many problems it has.
         message: String,
+        /// Every problem, one `FILE:LINE:COL: path: message` each.
         problems: Vec<String>,
     },
     /// The manager as a whole takes no more requests of this kind (shutting down).
@@ -65,13 +67,16 @@ impl From<LogError> for ServiceError {
 /// A control request on one process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Start the process.
     Start,
     /// `force`: SIGKILL the tree now (also ends a graceful stop in progress).
     Stop {
+        /// Whether to SIGKILL the whole tree at once instead of stopping it gracefully.
         force: bool,
     },
     /// `force`: ignore an open circuit breaker.
     Restart {
+        /// Whether to restart even while the circuit breaker is open.
         force: bool,
     },
 }
@@ -90,7 +95,9 @@ impl Action {
 /// What a log request asks for, checked: the stream and the number of lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogRequest {
+    /// Which output stream to read.
     pub stream: LogStream,
+    /// How many of the last lines to return.
     pub lines: usize,
 }
 

@@ -48,8 +48,11 @@ struct Inner {
 /// One process: its status, its definition and what its health checks found, read together.
 #[derive(Debug, Clone)]
 pub struct ProcessView {
+    /// Its current status.
     pub status: ProcessStatus,
+    /// Its definition from the running config.
     pub definition: Arc<ProcessDefinition>,
+    /// What its health checks last found.
     pub health: HealthReport,
 }
 
@@ -60,6 +63,7 @@ pub struct ManagerUsage {
     pub rss_bytes: u64,
     /// User plus system CPU time since the manager started.
     pub cpu_seconds: f64,
+    /// Number of file descriptors the manager has open.
     pub open_fds: u64,
 }
 
@@ -69,15 +73,21 @@ pub enum LogError {
     /// Unknown process (only known ids name a capture file).
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The capture file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The capture file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
     /// The read was cut short (the runtime is shutting down).
     #[error("reading {path} was interrupted")]
-    Interrupted { path: PathBuf },
+    Interrupted {
+        /// The capture file that was being read.
+        path: PathBuf,
+    },
 }
 
 /// Why a reload changed nothing.
@@ -86,9 +96,12 @@ pub enum ReloadError {
     /// The config file is invalid; every problem is in `problems`.
     #[error("{} is invalid ({} problem(s)); the running config is unchanged", .path.display(), .problems.0.len())]
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// Every problem found in it.
         problems: ConfigErrors,
     },
+    /// The manager is shutting down and takes no reload.
     #[error("the manager is shutting down; the config was not reloaded")]
     ShuttingDown,
     /// The reload task ended without an answer (the runtime is shutting down).
@@ -99,11 +112,13 @@ pub enum ReloadError {
 /// What a follower of the journal receives next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Followed {
+    /// The next event of the journal.
     Event(Event),
     /// The follower fell behind the live feed by more than it holds; `missed` events were
     /// skipped. Events after them follow. (A client that needs them asks again with
     /// `since` = the last `seq` it got.)
     Lagged {
+        /// How many events were skipped.
         missed: u64,
     },
 }

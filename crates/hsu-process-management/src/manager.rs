@@ -20,6 +20,7 @@ use tokio::time::Instant;
 /// Manager-wide settings the supervisors need.
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
+    /// The manager's base directory (PID files, `state.json`, the journal).
     pub base_directory: PathBuf,
     /// Where per-process output files go.
     pub log_directory: PathBuf,
@@ -64,11 +65,15 @@ pub struct ProcessManager {
     inner: Arc<Inner>,
 }
 
+/// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
+    /// A directory or file under the base directory could not be created or opened.
     #[error("cannot prepare {path}: {source}")]
     Files {
+        /// The directory or file.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -77,9 +82,13 @@ pub enum ManagerError {
 /// What a reload changed, by process id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReloadDiff {
+    /// New processes, now started.
     pub added: Vec<String>,
+    /// Processes no longer in the config, now stopped.
     pub removed: Vec<String>,
+    /// Processes whose definition changed, now restarted.
     pub changed: Vec<String>,
+    /// Processes left alone.
     pub unchanged: Vec<String>,
 }
 
@@ -231,6 +240,7 @@ impl ProcessManager {
         }
     }
 
+    /// The settings the manager was started with.
     pub fn options(&self) -> &ManagerOptions {
         &self.inner.options
     }
@@ -249,6 +259,7 @@ impl ProcessManager {
             .collect()
     }
 
+    /// One process's status; `None` for an unknown id.
     pub fn status(&self, id: &str) -> Option<ProcessStatus> {
         let usage = lock(&self.inner.usage);
         self.entries()

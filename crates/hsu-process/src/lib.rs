@@ -34,13 +34,17 @@ pub const TAG_ENV: &str = "HSU_PROCESS_TAG";
 /// What to spawn.
 #[derive(Debug)]
 pub struct SpawnSpec {
+    /// The executable to run: a path, or a name looked up in `PATH`.
     pub program: PathBuf,
+    /// Arguments passed to the program, without the program name itself.
     pub args: Vec<String>,
+    /// Directory the process starts in; it must exist.
     pub working_directory: PathBuf,
     /// Added to the manager's environment.
     pub environment: BTreeMap<String, String>,
     /// Where the process's standard output goes (appended); `None` = /dev/null.
     pub stdout: Option<File>,
+    /// Where the process's standard error goes (appended); `None` = /dev/null.
     pub stderr: Option<File>,
     /// Unique owner tag (`<base-dir>#<id>`), exported as [`TAG_ENV`].
     pub tag: String,
@@ -49,24 +53,49 @@ pub struct SpawnSpec {
 /// Why a spawn failed, with the operating system's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpawnError {
+    /// The executable does not exist (or is not on `PATH`).
     #[error("executable `{program}` not found: {os}")]
-    NotFound { program: String, os: String },
+    NotFound {
+        /// The program as it was asked for.
+        program: String,
+        /// The operating system's error message.
+        os: String,
+    },
+    /// The executable exists but may not be run (no execute permission).
     #[error("executable `{program}`: permission denied: {os}")]
-    PermissionDenied { program: String, os: String },
+    PermissionDenied {
+        /// The program as it was asked for.
+        program: String,
+        /// The operating system's error message.
+        os: String,
+    },
+    /// The working directory to start in is missing.
     #[error("working directory `{dir}` does not exist")]
-    NoWorkingDirectory { dir: String },
+    NoWorkingDirectory {
+        /// The missing directory.
+        dir: String,
+    },
+    /// Any other reason the spawn failed.
     #[error("cannot spawn `{program}`: {message}")]
-    Other { program: String, message: String },
+    Other {
+        /// The program as it was asked for.
+        program: String,
+        /// What went wrong, in the operating system's words.
+        message: String,
+    },
 }
 
 /// How a process ended: an exit code, or the signal that killed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitInfo {
+    /// The exit code, if the process exited on its own.
     pub code: Option<i32>,
+    /// The number of the signal that killed it, if one did.
     pub signal: Option<i32>,
 }
 
 impl ExitInfo {
+    /// Whether the process exited with code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
@@ -91,6 +120,7 @@ pub struct Child {
 }
 
 impl Child {
+    /// The process ID, which is also its process group ID.
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -148,6 +178,7 @@ pub struct SelfUsage {
     pub rss_bytes: u64,
     /// User plus system CPU time since the manager started.
     pub cpu_seconds: f64,
+    /// Number of file descriptors the manager has open.
     pub open_fds: u64,
 }
 
@@ -174,9 +205,11 @@ pub fn child_events() -> std::io::Result<ChildEvents> {
     platform::child_events().map(ChildEvents)
 }
 
+/// Notifications that a child of the manager changed state (see [`child_events`]).
 pub struct ChildEvents(platform::ChildEventStream);
 
 impl ChildEvents {
+    /// Waits for the next notification; `None` once the stream has ended.
     pub async fn recv(&mut self) -> Option<()> {
         self.0.recv().await
     }
@@ -359,7 +392,10 @@ fn merge(into: &mut Vec<u32>, more: &[u32]) {
     }
 }
 
+// The tests call libc directly (gettid, fcntl, close) to inspect a spawned child; each
+// block carries its `// SAFETY:` comment.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests {
     use super::*;
     use std::time::Instant;
