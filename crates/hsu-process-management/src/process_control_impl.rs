@@ -661,21 +661,26 @@ impl Supervisor {
             | Phase::Failed {
                 leftovers: Some(t), ..
             } => {
-                // Join the stop in progress; a start that was waiting for it is cancelled
-                // by this later stop (its callers learn the outcome: stopped).
-                if let Then::Start { replies, .. } = std::mem::replace(&mut t.then, Then::Stay) {
-                    answer(replies, &Ok(()));
-                } else if let Then::End { .. } = &t.then {
-                    // Ending anyway: the tree goes, which is what this caller asked.
+                // Join the stop in progress. A start that was waiting for it is cancelled
+                // by this later stop (its callers learn the outcome: stopped); an end
+                // stays (the tree goes either way, which is what this caller asked).
+                if let Then::Start { .. } = t.then {
+                    if let Then::Start { replies, .. } = std::mem::replace(&mut t.then, Then::Stay)
+                    {
+                        answer(replies, &Ok(()));
+                    }
                 }
                 t.waiters.push(reply);
                 if force {
                     t.force(now);
                 }
             }
+            // Not reached: a failed process was moved to stopped above.
             Phase::Failed {
                 leftovers: None, ..
-            } => unreachable!("failed moved to stopped above"),
+            } => {
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 

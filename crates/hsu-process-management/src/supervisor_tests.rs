@@ -520,6 +520,34 @@ async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stop_during_a_removal_joins_it_and_the_removal_still_ends() {
+    let s = Setup::new(vec![]).await;
+    s.fake.plan(Plan {
+        ignores_term: true,
+        ..Plan::default()
+    });
+    s.manager
+        .reload(vec![def("old", |c| c.graceful_timeout = secs(3))])
+        .await;
+    let m = s.manager.clone();
+    let reload = background(async move { m.reload(vec![]).await }).await;
+    assert_eq!(s.status("old").state, ProcessState::Stopping);
+    let m = s.manager.clone();
+    let stop = background(async move { m.stop_process("old", false).await }).await;
+    let m = s.manager.clone();
+    let start = background(async move { m.start_process("old").await }).await;
+    stop.await.unwrap().unwrap();
+    assert!(
+        start.await.unwrap().is_err(),
+        "a removed process is not started again"
+    );
+    let diff = reload.await.unwrap();
+    assert_eq!(diff.removed, ["old"]);
+    assert!(s.manager.status("old").is_none());
+    assert_eq!(s.fake.spawns(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn stopped_by_hand_stays_stopped_across_a_manager_restart() {
     let defs = || vec![def("held", |_| {}), def("free", |_| {})];
     let s = Setup::new(defs()).await;
