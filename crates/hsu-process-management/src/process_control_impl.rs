@@ -569,17 +569,19 @@ impl Supervisor {
                 const WHY: &str = "reload: definition changed";
                 self.replacement = Some(Box::new((*def, *control)));
                 match &mut self.phase {
-                    Phase::Running(_) => {
-                        let then = if start {
-                            Then::Start {
-                                why: WHY.into(),
-                                reset: true,
-                                replies: vec![reply],
-                            }
-                        } else {
-                            Then::Stay
+                    Phase::Running(_) if start => {
+                        let then = Then::Start {
+                            why: WHY.into(),
+                            reset: true,
+                            replies: vec![reply],
                         };
                         self.begin_stop(WHY, then, false, now);
+                    }
+                    Phase::Running(_) => {
+                        self.begin_stop(WHY, Then::Stay, false, now);
+                        if let Phase::Stopping(t) = &mut self.phase {
+                            t.waiters.push(reply);
+                        }
                     }
                     _ if start => self.request_start(WHY.into(), true, reply, now),
                     // Not to be started: the new definition waits for the old tree (if
