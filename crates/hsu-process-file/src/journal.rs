@@ -35,6 +35,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
 /// A failure to open the journal.
+/// Lines the writer thread may fall behind by before an event is dropped from the file
+/// (and counted as a failed write) rather than stalling the supervisor that emits it. At
+/// about 200 bytes a line that is a few MiB, and seconds of a disk that stopped answering
+/// even under a crash-loop storm of thousands of events a second.
+const QUEUED_LINES: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 #[error("event journal {path}: {source}")]
 pub struct JournalError {
@@ -180,7 +186,7 @@ impl Journal {
             }
         }
         let size = file.metadata().map_err(err)?.len();
-        let (queue, lines) = mpsc::sync_channel(options.recent_events / 2);
+        let (queue, lines) = mpsc::sync_channel(QUEUED_LINES);
         let stats = Arc::new(Stats::default());
         let rotation = Arc::new(Mutex::new(()));
         let writer = Writer {
