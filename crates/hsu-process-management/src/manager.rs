@@ -200,6 +200,12 @@ impl ProcessManager {
             })
     }
 
+    /// The background writer of PID files and `state.json` (tests stall it).
+    #[cfg(test)]
+    pub(crate) fn file_writer(&self) -> &FileWriter {
+        &self.inner.ctx.writer
+    }
+
     fn held(&self, id: &str) -> bool {
         self.inner.durable.stopped_by_hand(id)
     }

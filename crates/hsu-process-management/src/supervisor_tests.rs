@@ -595,3 +595,35 @@ async fn shutdown_bounds_every_stop_by_its_deadline() {
         assert!(last.contains("manager shutting down"), "{last}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_disk_does_not_hold_up_a_restart() {
+    let s = Setup::new(vec![def("svc", |c| c.restart.retry_delay = ms(10))]).await;
+    // The writer thread hangs on a write until released (a disk that stopped answering).
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    s.manager
+        .file_writer()
+        .snapshot(s.base.path().join("stalled"), move || {
+            let _ = stalled.recv();
+            None
+        });
+    let old = s.pid("svc");
+    s.fake.exit(old, 1);
+    let st = s
+        .until("svc", |st| {
+            st.state == ProcessState::Running && st.pid != Some(old)
+        })
+        .await;
+    assert_eq!(st.restart_count, 1);
+    // Its PID file is still queued behind the stalled write; it lands once the disk is back.
+    let pid_file = s.base.path().join("pids/svc.pid");
+    let on_disk = || std::fs::read_to_string(&pid_file).ok();
+    let new = format!("{}\n", st.pid.unwrap());
+    assert_ne!(on_disk(), Some(new.clone()));
+    release.send(()).unwrap();
+    let writer = s.manager.file_writer().clone();
+    tokio::task::spawn_blocking(move || writer.flush())
+        .await
+        .unwrap();
+    assert_eq!(on_disk(), Some(new));
+}
