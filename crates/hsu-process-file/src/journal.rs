@@ -34,13 +34,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::broadcast;
 
-/// A failure to open the journal.
 /// Lines the writer thread may fall behind by before an event is dropped from the file
 /// (and counted as a failed write) rather than stalling the supervisor that emits it. At
 /// about 200 bytes a line that is a few MiB, and seconds of a disk that stopped answering
 /// even under a crash-loop storm of thousands of events a second.
 const QUEUED_LINES: usize = 16 * 1024;
 
+/// A failure to open the journal.
 #[derive(Debug, thiserror::Error)]
 #[error("event journal {path}: {source}")]
 pub struct JournalError {
