@@ -84,6 +84,12 @@ pub struct ControlSpec {
     pub limits: Limits,
     /// integrated_managed only: the flag the manager appends before the port number.
     pub port_argument: Option<String>,
+    /// `control.user`: run as this user (a name or a numeric id); `None` runs as the
+    /// manager's own user. Needs a manager running as root.
+    pub user: Option<String>,
+    /// `control.group`: run with this primary group (a name or a numeric id); `None`
+    /// takes the user's own primary group (or the manager's, without `user`).
+    pub group: Option<String>,
 }
 
 impl ControlSpec {
@@ -103,6 +109,8 @@ impl ControlSpec {
             restart: RestartTuning::default(),
             limits: Limits::default(),
             port_argument: None,
+            user: None,
+            group: None,
         }
     }
 }

@@ -197,6 +197,8 @@ fn full_canonical_config() {
             }),
         },
         port_argument: Some("--port".into()),
+        user: None,
+        group: None,
     };
     assert_eq!(control, &expected);
     assert_eq!(
