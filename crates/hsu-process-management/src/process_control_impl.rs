@@ -1146,6 +1146,8 @@ impl Supervisor {
             stdout: self.open_log(Stream::Stdout, self.def.log_collection.capture_stdout),
             stderr: self.open_log(Stream::Stderr, self.def.log_collection.capture_stderr),
             tag: self.tag.clone(),
+            user: self.control.user.clone(),
+            group: self.control.group.clone(),
         }
     }
 
@@ -1165,7 +1167,11 @@ impl Supervisor {
 
     fn record_exit(&mut self, exit: ExitInfo) {
         tracing::info!(id = self.id(), "{exit}");
-        self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
+        let pid_file = self.ctx.pid_files.path(self.id());
+        if self.def.process_type == ProcessType::IntegratedManaged {
+            self.ctx.writer.remove(pid_file.with_extension("port"));
+        }
+        self.ctx.writer.remove(pid_file);
         self.emit(EventKind::Exited {
             code: exit.code,
             signal: exit.signal,

@@ -48,7 +48,23 @@ pub struct SpawnSpec {
     pub stderr: Option<File>,
     /// Unique owner tag (`<base-dir>#<id>`), exported as [`TAG_ENV`].
     pub tag: String,
+    /// Run as this user (a name or a numeric id): its uid, primary group, supplementary
+    /// groups, and `HOME`/`USER`/`LOGNAME`. Needs a manager running as root.
+    pub user: Option<String>,
+    /// Run with this primary group (a name or a numeric id) instead of the user's.
+    pub group: Option<String>,
 }
+
+/// Variables of the manager's own environment that a child never inherits: the control
+/// API's token (a child holding it could take over the manager) and the service
+/// manager's notification settings (which are the manager's to use). A process's own
+/// `environment` may still set them deliberately.
+pub const MANAGER_ONLY_ENV: &[&str] = &[
+    "HSU_API_TOKEN",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
 
 /// Why a spawn failed, with the operating system's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,12 +78,44 @@ pub enum SpawnError {
         os: String,
     },
     /// The executable exists but may not be run (no execute permission).
-    #[error("executable `{program}`: permission denied: {os}")]
+    #[error("executable `{program}` cannot be run: {os}")]
     PermissionDenied {
         /// The program as it was asked for.
         program: String,
         /// The operating system's error message.
         os: String,
+    },
+    /// The executable is a script whose `#!` line names an interpreter that is missing.
+    #[error("executable `{program}` names the interpreter `{interpreter}` in its `#!` line, and `{interpreter}` does not exist")]
+    InterpreterNotFound {
+        /// The script as it was asked for.
+        program: String,
+        /// The interpreter its first line names.
+        interpreter: String,
+    },
+    /// The executable's path is a directory.
+    #[error("executable `{program}` is a directory, not a program")]
+    IsADirectory {
+        /// The path as it was asked for.
+        program: String,
+    },
+    /// `user` names no user of this system.
+    #[error("user `{user}` does not exist on this system")]
+    UnknownUser {
+        /// The user as configured.
+        user: String,
+    },
+    /// `group` names no group of this system.
+    #[error("group `{group}` does not exist on this system")]
+    UnknownGroup {
+        /// The group as configured.
+        group: String,
+    },
+    /// `user` or `group` is set but the manager cannot change identity.
+    #[error("running as `{who}` needs a manager running as root")]
+    NeedsRoot {
+        /// The user (or group) asked for.
+        who: String,
     },
     /// The working directory to start in is missing.
     #[error("working directory `{dir}` does not exist")]
@@ -409,6 +457,8 @@ mod tests {
             stdout: None,
             stderr: None,
             tag: tag.into(),
+            user: None,
+            group: None,
         }
     }
 
@@ -429,6 +479,90 @@ mod tests {
         let err = spawn(spec("/nonexistent/hsu-test-binary", &[], "t#missing")).unwrap_err();
         assert!(matches!(err, SpawnError::NotFound { .. }), "{err}");
         assert!(err.to_string().contains("os error 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_interpreter_and_a_directory_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("job.sh");
+        std::fs::write(&script, "#!/nonexistent/bin/interp -x\necho hi\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = spawn(spec(script.to_str().unwrap(), &[], "t#interp")).unwrap_err();
+        assert_eq!(
+            err,
+            SpawnError::InterpreterNotFound {
+                program: script.display().to_string(),
+                interpreter: "/nonexistent/bin/interp".into()
+            }
+        );
+        let err = spawn(spec(dir.path().to_str().unwrap(), &[], "t#dir")).unwrap_err();
+        assert!(matches!(err, SpawnError::IsADirectory { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "executable `{}` is a directory, not a program",
+                dir.path().display()
+            )
+        );
+        // The OS's words appear once.
+        let err = spawn(spec("/nonexistent/hsu-test-binary", &[], "t#once")).unwrap_err();
+        assert_eq!(err.to_string().matches("os error").count(), 1, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_user_and_group_are_taken_on_before_exec() {
+        if !is_superuser() {
+            eprintln!("SKIPPED a_user_and_group_are_taken_on_before_exec: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("id");
+        let run = |user: Option<&str>, group: Option<&str>| {
+            let out = File::create(&out_path).unwrap();
+            let spec = SpawnSpec {
+                stdout: Some(out),
+                user: user.map(str::to_owned),
+                group: group.map(str::to_owned),
+                ..spec(
+                    "sh",
+                    &[
+                        "-c",
+                        "echo $(id -u) $(id -g) \"$(id -G)\" $HOME $USER $LOGNAME",
+                    ],
+                    "t#identity",
+                )
+            };
+            spawn(spec)
+        };
+        let mut child = run(Some("nobody"), None).unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        let expected_start = format!("{} {} ", nobody.uid, nobody.gid);
+        assert!(text.starts_with(&expected_start), "{text}");
+        assert!(
+            text.trim_end()
+                .ends_with(&format!("{} nobody nobody", nobody.dir.display())),
+            "{text}"
+        );
+        // A numeric group replaces the user's primary group.
+        let mut child = run(Some("nobody"), Some("4242")).unwrap();
+        assert!(child.wait().await.unwrap().success());
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        assert!(text.starts_with(&format!("{} 4242 ", nobody.uid)), "{text}");
+        assert_eq!(
+            run(Some("no-such-user-hsu"), None).unwrap_err(),
+            SpawnError::UnknownUser {
+                user: "no-such-user-hsu".into()
+            }
+        );
+        assert_eq!(
+            run(None, Some("no-such-group-hsu")).unwrap_err(),
+            SpawnError::UnknownGroup {
+                group: "no-such-group-hsu".into()
+            }
+        );
     }
 
     #[tokio::test]

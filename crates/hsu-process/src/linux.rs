@@ -64,7 +64,16 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
             dir: spec.working_directory.display().to_string(),
         });
     }
+    let identity = resolve_identity(spec.user.as_deref(), spec.group.as_deref())?;
     let mut cmd = tokio::process::Command::new(&spec.program);
+    for name in crate::MANAGER_ONLY_ENV {
+        cmd.env_remove(name);
+    }
+    if let Some(user) = identity.as_ref().and_then(|i| i.user.as_ref()) {
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
     cmd.args(&spec.args)
         .current_dir(&spec.working_directory)
         .envs(&spec.environment)
@@ -90,21 +99,32 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
         });
     }
 
+    if let Some(id) = identity {
+        let Identity {
+            uid, gid, groups, ..
+        } = id;
+        // SAFETY: runs in the child between fork and exec, after the standard library's
+        // own set-up: setgroups, setgid and setuid are async-signal-safe system calls,
+        // `groups` was allocated before the fork and is only read, and reading errno
+        // for the error allocates nothing. Groups and gid go first, while the child is
+        // still root.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
     let mut registry = spawned();
-    let child = cmd.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => SpawnError::NotFound {
-            program: program.clone(),
-            os: e.to_string(),
-        },
-        std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied {
-            program: program.clone(),
-            os: e.to_string(),
-        },
-        _ => SpawnError::Other {
-            program: program.clone(),
-            message: e.to_string(),
-        },
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| spawn_error(&spec.program, &program, e))?;
     let pid = child.id().ok_or_else(|| SpawnError::Other {
         program,
         message: "exited before its PID could be read".into(),
@@ -119,6 +139,148 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
             exit: None,
         },
     ))
+}
+
+/// The identity a child takes on before exec.
+struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// The user's entry, when one was asked for and the system knows it.
+    user: Option<UserEntry>,
+}
+
+struct UserEntry {
+    name: String,
+    home: std::path::PathBuf,
+}
+
+/// Looks `user` and `group` up (names or numeric ids) in the system's user database.
+fn resolve_identity(
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<Identity>, SpawnError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let Some(who) = user.or(group) else {
+        return Ok(None);
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Err(SpawnError::NeedsRoot {
+            who: who.to_owned(),
+        });
+    }
+    let entry = match user {
+        None => None,
+        Some(u) => {
+            let found = match u.parse::<u32>() {
+                Ok(n) => User::from_uid(Uid::from_raw(n)).ok().flatten(),
+                Err(_) => User::from_name(u).ok().flatten(),
+            };
+            match (found, u.parse::<u32>()) {
+                (Some(found), _) => Some(Ok(found)),
+                // A numeric id the system has no entry for is still an id.
+                (None, Ok(n)) => Some(Err(n)),
+                (None, Err(_)) => return Err(SpawnError::UnknownUser { user: u.to_owned() }),
+            }
+        }
+    };
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => match Group::from_name(g).ok().flatten() {
+                Some(found) => found.gid.as_raw(),
+                None => {
+                    return Err(SpawnError::UnknownGroup {
+                        group: g.to_owned(),
+                    })
+                }
+            },
+        },
+        None => match &entry {
+            Some(Ok(u)) => u.gid.as_raw(),
+            Some(Err(uid)) => *uid,
+            None => nix::unistd::getegid().as_raw(),
+        },
+    };
+    let (uid, groups, user) = match entry {
+        Some(Ok(u)) => {
+            let name = std::ffi::CString::new(u.name.clone()).unwrap_or_default();
+            let mut groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+                .map(|g| g.into_iter().map(Gid::as_raw).collect())
+                .unwrap_or_default();
+            if !groups.contains(&gid) {
+                groups.push(gid);
+            }
+            let entry = UserEntry {
+                name: u.name,
+                home: u.dir,
+            };
+            (u.uid.as_raw(), groups, Some(entry))
+        }
+        Some(Err(uid)) => (uid, vec![gid], None),
+        None => (nix::unistd::geteuid().as_raw(), vec![gid], None),
+    };
+    Ok(Some(Identity {
+        uid,
+        gid,
+        groups,
+        user,
+    }))
+}
+
+/// A spawn failure in one clear sentence: a missing `#!` interpreter and a directory
+/// are told apart from a missing or forbidden executable.
+fn spawn_error(path: &std::path::Path, program: &str, e: std::io::Error) -> SpawnError {
+    let program = program.to_owned();
+    let file = locate(path);
+    match e.kind() {
+        std::io::ErrorKind::NotFound => match file.as_deref().and_then(interpreter_of) {
+            Some(interpreter) if !std::path::Path::new(&interpreter).exists() => {
+                SpawnError::InterpreterNotFound {
+                    program,
+                    interpreter,
+                }
+            }
+            _ => SpawnError::NotFound {
+                program,
+                os: e.to_string(),
+            },
+        },
+        std::io::ErrorKind::PermissionDenied if file.as_deref().is_some_and(|f| f.is_dir()) => {
+            SpawnError::IsADirectory { program }
+        }
+        std::io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied {
+            program,
+            os: e.to_string(),
+        },
+        _ => SpawnError::Other {
+            program,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The file exec would have run: the path itself, or the first match on `PATH`.
+fn locate(program: &std::path::Path) -> Option<std::path::PathBuf> {
+    if program.components().count() > 1 || program.is_absolute() {
+        return program.exists().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.exists())
+    })
+}
+
+/// The interpreter a script's `#!` line names, if it has one.
+fn interpreter_of(file: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(file).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next()?;
+    let text = String::from_utf8_lossy(line);
+    text.split_whitespace().next().map(str::to_owned)
 }
 
 fn to_signal(signal: StopSignal) -> Signal {
