@@ -86,6 +86,12 @@ pub enum EventKind {
         /// Why it stopped, in words.
         reason: String,
     },
+    /// A process's supervisor hit a bug while handling one input; it recovered and goes
+    /// on supervising the process where it was.
+    SupervisorFailed {
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl EventKind {
@@ -100,6 +106,7 @@ impl EventKind {
             EventKind::ConfigReloaded { .. } => "config_reloaded",
             EventKind::ManagerStarted { .. } => "manager_started",
             EventKind::ManagerStopped { .. } => "manager_stopped",
+            EventKind::SupervisorFailed { .. } => "supervisor_failed",
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Plan {
     pub children: u32,
     /// The children ignore the stop signal.
     pub children_ignore_term: bool,
+    /// The spawn panics (a bug somewhere below the supervisor).
+    pub panic: bool,
 }
 
 struct Proc {
@@ -112,6 +114,10 @@ impl Platform for FakePlatform {
     fn spawn(&self, spec: SpawnSpec) -> Result<Spawned, SpawnError> {
         let mut st = self.lock();
         let plan = st.plans.pop_front().unwrap_or_default();
+        if plan.panic {
+            drop(st);
+            panic!("made-up bug in spawn");
+        }
         if plan.spawn_error {
             return Err(SpawnError::NotFound {
                 program: spec.program.display().to_string(),

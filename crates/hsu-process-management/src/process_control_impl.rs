@@ -482,8 +482,55 @@ impl Supervisor {
                 },
                 () = deadline(wake) => Input::Timer,
             };
-            self.step(input, Instant::now());
-            self.publish();
+            // A bug in one step must not leave the process unsupervised: the step is
+            // synchronous, so a panic in it is caught here, reported, and the loop goes
+            // on with the process where it is.
+            let step = std::panic::AssertUnwindSafe(|| self.step(input, Instant::now()));
+            if let Err(panic) = std::panic::catch_unwind(step) {
+                self.recover(panic_message(panic.as_ref()));
+            }
+            let publish = std::panic::AssertUnwindSafe(|| self.publish());
+            if let Err(panic) = std::panic::catch_unwind(publish) {
+                tracing::error!(
+                    id = self.id(),
+                    "publishing status failed: {}",
+                    panic_message(panic.as_ref())
+                );
+            }
+        }
+    }
+
+    /// After a panic in a step: report it (journal, log) and bring the visible state back
+    /// in line with the phase, which holds what is known about the process.
+    fn recover(&mut self, message: String) {
+        tracing::error!(
+            id = self.id(),
+            "supervisor error (a bug): {message}; supervision goes on"
+        );
+        self.emit(EventKind::SupervisorFailed {
+            message: message.clone(),
+        });
+        let expected = match &self.phase {
+            Phase::Stopped { .. } => ProcessState::Stopped,
+            Phase::Running(_) => ProcessState::Running,
+            Phase::Stopping(_) => ProcessState::Stopping,
+            Phase::Failed { .. } => ProcessState::Failed,
+        };
+        if self.machine.state() == expected {
+            return;
+        }
+        let reason = format!("supervisor error: {message}");
+        let events = self.ctx.events.clone();
+        if self
+            .machine
+            .transition(expected, reason.as_str(), events.as_ref())
+            .is_err()
+        {
+            // E.g. starting -> stopped is no move of its own: through failed.
+            let _ = self
+                .machine
+                .transition(ProcessState::Failed, reason.as_str(), events.as_ref());
+            let _ = self.machine.transition(expected, reason, events.as_ref());
         }
     }
 
@@ -1314,6 +1361,14 @@ impl Teardown {
         self.check_at = (self.exit.is_some() || self.killed_at.is_some()).then(|| now + every);
         None
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn round_ms(d: Duration) -> Duration {

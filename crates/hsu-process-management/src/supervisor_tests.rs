@@ -627,3 +627,33 @@ async fn a_stalled_disk_does_not_hold_up_a_restart() {
         .unwrap();
     assert_eq!(on_disk(), Some(new));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_a_step_is_reported_and_supervision_goes_on() {
+    let s = Setup::new(vec![def("svc", |c| c.restart.retry_delay = ms(10))]).await;
+    s.manager.stop_process("svc", false).await.unwrap();
+    s.fake.plan(Plan {
+        panic: true,
+        ..Plan::default()
+    });
+    assert!(s.manager.start_process("svc").await.is_err());
+    let st = s.status("svc");
+    assert_eq!(st.state, ProcessState::Stopped);
+    assert!(
+        st.reason.contains("supervisor error: made-up bug in spawn"),
+        "{}",
+        st.reason
+    );
+    let reported = s.events.0.lock().unwrap().iter().any(|(id, k)| {
+        id.as_deref() == Some("svc") && matches!(k, EventKind::SupervisorFailed { .. })
+    });
+    assert!(reported);
+    // The same supervisor still starts, watches and restarts the process.
+    s.manager.start_process("svc").await.unwrap();
+    let pid = s.pid("svc");
+    s.fake.exit(pid, 1);
+    s.until("svc", |st| {
+        st.state == ProcessState::Running && st.pid != Some(pid)
+    })
+    .await;
+}
