@@ -140,7 +140,7 @@ mod tests {
     /// Every one of the 25 (from, to) pairs: allowed ones move and emit one event,
     /// the rest are refused, leave the state alone and emit nothing.
     #[test]
-    fn every_transition_pair() {
+    fn test_state_transitions_every_pair() {
         use ProcessState::*;
         let allowed = [
             (Stopped, Starting),
@@ -182,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn starts_stopped_and_keeps_reason() {
+    fn test_state_transitions_start_stopped_and_keep_the_reason() {
         let rec = Recorder::default();
         let mut m = StateMachine::new("web");
         assert_eq!(m.state(), ProcessState::Stopped);

@@ -71,7 +71,7 @@ fn forced_stop_ms(pm: &mut ProcessManager) -> i64 {
 }
 
 #[test]
-fn forced_stop() {
+fn test_forced_stop() {
     let (mut pm, pid) = start_stubborn("e2e-test-forced-stop", "20s", "2s");
     let took = pm.shutdown_cleanly(Duration::from_secs(30));
     assert!(!pid_alive(pid), "svc (pid {pid}) survived the manager");
@@ -88,7 +88,7 @@ fn forced_stop() {
 }
 
 #[test]
-fn force_shutdown_timeout_bounds_the_shutdown() {
+fn test_forced_stop_bounded_by_force_shutdown_timeout() {
     // graceful_timeout 60s, but the whole shutdown may take only 2s.
     let (mut pm, pid) = start_stubborn("e2e-test-force-shutdown", "2s", "60s");
     let took = pm.shutdown_cleanly(Duration::from_secs(30));

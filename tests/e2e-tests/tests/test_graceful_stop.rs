@@ -68,7 +68,7 @@ fn assert_stopped_gracefully(pm: &mut ProcessManager, pid: u32) {
 }
 
 #[test]
-fn graceful_stop() {
+fn test_graceful_stop() {
     let (mut pm, pid) = start_forever("e2e-test-graceful-stop", &[]);
     assert!(pid_alive(pid), "svc (pid {pid}) is not alive");
     let tag = format!("{}svc", pm.run().tag_prefix());
@@ -82,7 +82,7 @@ fn graceful_stop() {
 }
 
 #[test]
-fn graceful_stop_on_sigint() {
+fn test_graceful_stop_on_sigint() {
     let (mut pm, pid) = start_forever("e2e-test-graceful-sigint", &[]);
     pm.signal(libc::SIGINT);
     let status = pm.wait_exit(Duration::from_secs(20));
@@ -96,7 +96,7 @@ fn graceful_stop_on_sigint() {
 }
 
 #[test]
-fn run_duration_shuts_down_cleanly() {
+fn test_graceful_stop_after_run_duration() {
     let (mut pm, pid) = start_forever("e2e-test-run-duration", &["--run-duration", "1"]);
     // No signal: the manager ends by itself after about a second.
     let status = pm.wait_exit(Duration::from_secs(20));
@@ -122,7 +122,7 @@ fn run_duration_shuts_down_cleanly() {
 /// handle it (stop everything, exit 0) — a process it has started must never be orphaned
 /// by a signal arriving a moment too early. Repeated, as the moment is short.
 #[test]
-fn sigterm_right_after_first_spawn_is_a_clean_shutdown() {
+fn test_graceful_stop_right_after_the_first_spawn() {
     let config = single_process_config(
         "svc",
         &["--run-duration", "0"],

@@ -28,7 +28,7 @@ fn unwanted_event_within(
 }
 
 #[test]
-fn restart_backoff_doubles_the_delay() {
+fn test_health_restart_after_a_crash_with_backoff() {
     let config = single_process_config("svc", &["--crash-after", "0.2"], &control("on_failure"));
     let mut pm = ProcessManager::start("e2e-test-restart-backoff", &config);
     check_crash_backoff(&mut pm, "svc");
