@@ -18,6 +18,21 @@ pub use pid_file::PidFiles;
 pub use state_file::StateFile;
 pub use writer::FileWriter;
 
+/// Mode of the files the manager creates under its base directory: the operator's group
+/// may read them, nobody else (the process umask may narrow it further).
+pub const FILE_MODE: u32 = 0o640;
+/// Mode of the directories the manager creates under its base directory.
+pub const DIR_MODE: u32 = 0o750;
+
+/// Creates `dir` and its missing parents with [`DIR_MODE`].
+pub fn create_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
 /// Writes `contents` to `path` through a temporary file, a sync and a rename, then syncs
 /// the directory so the rename itself survives a power loss.
 pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
@@ -26,7 +41,15 @@ pub(crate) fn write_atomic(path: &std::path::Path, contents: &[u8]) -> std::io::
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?
+    };
     f.write_all(contents)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)?;

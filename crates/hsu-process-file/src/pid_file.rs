@@ -12,7 +12,7 @@ impl PidFiles {
     /// The PID files kept in `dir`, which is created if missing.
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<PidFiles> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
+        crate::create_dir(&dir)?;
         Ok(PidFiles { dir })
     }
 
@@ -47,6 +47,17 @@ fn read_pid(path: &Path) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_and_directories_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pids = PidFiles::new(dir.path().join("pids")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("pids")), 0o750);
+        pids.write("web", 1).unwrap();
+        assert_eq!(mode(&pids.path("web")), 0o640);
+    }
 
     #[test]
     fn write_read_remove() {

@@ -126,7 +126,7 @@ impl ProcessManager {
             move |source| ManagerError::Files { path, source }
         };
         let pid_files = PidFiles::new(&pid_dir).map_err(files_err(&pid_dir))?;
-        std::fs::create_dir_all(&options.log_directory)
+        hsu_process_file::create_dir(&options.log_directory)
             .map_err(files_err(&options.log_directory))?;
         let writer = FileWriter::start().map_err(files_err(&options.base_directory))?;
         if let Err(e) = hsu_process::become_subreaper() {
