@@ -1,4 +1,5 @@
-//! What a child inherits from the manager: never the manager's own secrets.
+//! What a child inherits from the manager (never its secrets), and the files the manager
+//! keeps for a process (there exactly while it runs, not world-readable).
 
 use e2e_tests::*;
 use std::time::Duration;
@@ -50,5 +51,39 @@ fn test_children_never_see_the_api_token() {
         env.iter().any(|v| v == "HSU_API_TOKEN=its-own-value"),
         "{env:?}"
     );
+    pm.shutdown_cleanly(Duration::from_secs(20));
+}
+
+/// `pids/<id>.port` exists exactly while an integrated_managed process runs, like its PID
+/// file, and the manager's files are not world-readable.
+#[test]
+fn test_port_file_goes_with_the_process() {
+    let config = format!(
+        "{CONFIG_HEADER}  - id: integ\n    type: integrated_managed\n    management:\n      \
+         control:\n        executable: {{testexe}}\n        arguments: [--run-duration, '0']\n        \
+         port_argument: --port\n"
+    );
+    let mut pm = ProcessManager::start("identity-port-file", &config);
+    pm.wait_for_pid("integ", SHORT);
+    let port_file = pm.run().base_dir.join("pids/integ.port");
+    let port: u16 = wait_until("pids/integ.port", SHORT, || {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    assert!(port > 0);
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+    };
+    assert_eq!(mode(&port_file), Some(0o640));
+    assert_eq!(mode(&pm.run().base_dir.join("pids")), Some(0o750));
+    pm.cli(&["stop", "integ"]).expect_success();
+    wait_for("pids/integ.port removed", SHORT, || !port_file.exists());
+    assert!(!pm.run().pid_file("integ").exists());
     pm.shutdown_cleanly(Duration::from_secs(20));
 }
