@@ -1149,3 +1149,29 @@ managed_processes:
         ]
     );
 }
+
+#[test]
+fn a_process_mixing_the_forms_still_has_both_parts_checked() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control: {executable: a, graceful_timeout: soon}
+      standard_managed:
+        control: {execution: {executable_path: a, args: "not a list"}}
+"#,
+    );
+    let got: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("/etc/hsu/config.yaml:").unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "5:7: managed_processes[0].management: mixes the canonical form (`control`) with the HSU nested form (`standard_managed`); write each process in one form",
+            "5:50: managed_processes[0].management.control.graceful_timeout: invalid duration `soon` (expected number at 0); expected e.g. `250ms`, `10s`, `1m30s`, `2h`",
+            "7:57: managed_processes[0].management.standard_managed.control.execution.args: expected a list of strings, found a string",
+        ]
+    );
+}
