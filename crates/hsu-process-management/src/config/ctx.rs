@@ -82,7 +82,11 @@ impl Ctx {
                 continue;
             }
             if !known.contains(&name) {
-                let message = if name == "<<" {
+                let message = if name == "<<" && matches!(entry.value.value, Value::Map(_)) {
+                    // Merged already unless written quoted, which YAML makes a plain key.
+                    "a quoted `<<` is an ordinary key, not a merge key; write it unquoted"
+                        .to_string()
+                } else if name == "<<" {
                     format!(
                         "a merge key takes a mapping or a list of mappings (e.g. \
                          `<<: *defaults`), found {}",

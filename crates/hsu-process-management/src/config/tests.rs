@@ -1011,6 +1011,8 @@ managed_processes:
          /etc/hsu/config.yaml:5:3: managed_processes[1].management.control.restart_polcy: unknown key `restart_polcy`; did you mean `restart_policy`?\n\
          /etc/hsu/config.yaml:17:9: managed_processes[2].management.control.<<: a merge key takes a mapping or a list of mappings (e.g. `<<: *defaults`), found a list"
     );
+    assert!(problems("process_manager: {\"<<\": {port: 1}}\n")
+        .contains("a quoted `<<` is an ordinary key, not a merge key; write it unquoted"));
     // Other top-level keys stay unknown.
     assert!(problems("defaults: {}\n").contains("unknown key `defaults`"));
 }
