@@ -158,3 +158,47 @@ fn validate_accepts_a_valid_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn validate_refuses_an_endless_config_at_once() {
+    let run = TestRun::new("e2e-test-validate-dev-zero");
+    let started = std::time::Instant::now();
+    let out = run_manager_command(&run, &["validate", "--config", "/dev/zero"], RUN_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "validate of /dev/zero exits 2, got {}; stderr:\n{stderr}",
+        describe_exit(out.status)
+    );
+    assert!(
+        stderr.contains("/dev/zero:1:1: ") && stderr.contains("larger than 4 MiB"),
+        "the refusal names the file and the limit:\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once, not after reading without end ({:?})",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn validate_reports_a_nul_byte_in_an_argument() {
+    let run = TestRun::new("e2e-test-validate-nul");
+    run.write_config(&single_process_config(
+        "svc",
+        &["--run-duration", "0"],
+        r#"environment: {A: "x\0y"}"#,
+    ));
+    let config = run.config_path.display().to_string();
+    let out = run_manager_command(&run, &["validate", "--config", &config], RUN_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{stderr}");
+    let problems: Vec<Problem> = stderr.lines().filter_map(parse_problem).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path.ends_with("control.environment.A") && p.message.contains("NUL")),
+        "the NUL byte is reported at its path: {problems:#?}\nstderr:\n{stderr}"
+    );
+}

@@ -52,11 +52,13 @@ pub(crate) fn discovery(
     sections::discovery(cx, n, &m.at("discovery"))
 }
 
-const CONTROL_KEYS: [&str; 10] = [
+const CONTROL_KEYS: [&str; 12] = [
     "executable",
     "arguments",
     "working_directory",
     "environment",
+    "user",
+    "group",
     "graceful_timeout",
     "stop_signal",
     "restart_policy",
@@ -66,11 +68,13 @@ const CONTROL_KEYS: [&str; 10] = [
 ];
 
 /// Keys that only make sense for a process the manager starts.
-const START_KEYS: [&str; 7] = [
+const START_KEYS: [&str; 9] = [
     "executable",
     "arguments",
     "working_directory",
     "environment",
+    "user",
+    "group",
     "restart_policy",
     "restart",
     "port_argument",
@@ -103,15 +107,15 @@ fn control(cx: &mut Ctx, node: &Node, path: &str, ty: ProcessType) -> Option<Con
             );
         }
     }
-    c.arguments = m
-        .field(cx, "arguments", Ctx::string_list)
-        .unwrap_or_default();
+    c.arguments = m.field(cx, "arguments", Ctx::arguments).unwrap_or_default();
     if let Some(dir) = m.field(cx, "working_directory", Ctx::path) {
         c.working_directory = dir;
     }
     if let Some(n) = m.get("environment") {
         c.environment = sections::environment(cx, n, &m.at("environment"));
     }
+    c.user = m.field(cx, "user", sections::account);
+    c.group = m.field(cx, "group", sections::account);
     c.graceful_timeout = m
         .field(cx, "graceful_timeout", Ctx::duration)
         .unwrap_or(c.graceful_timeout);
@@ -143,7 +147,7 @@ pub(crate) fn port_argument(cx: &mut Ctx, m: &Map, ty: ProcessType) -> Option<St
         }
         return None;
     }
-    m.field(cx, "port_argument", Ctx::non_empty)
+    m.field(cx, "port_argument", Ctx::os_non_empty)
 }
 
 /// `restart`: backoff, breaker, per-trigger overrides and the startup grace period.

@@ -28,8 +28,9 @@ pub(crate) fn canonical(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpe
     let Some(m) = cx.map_with_hints(node, path, &KEYS, &["http_endpoint", "run_options"]) else {
         return spec;
     };
-    spec.kind = kind(cx, &m, false);
-    timing(cx, &m, &mut spec, "failure_threshold");
+    let probe;
+    (spec.kind, probe) = kind(cx, &m, false);
+    timing(cx, &m, &mut spec, "failure_threshold", probe);
     spec.success_threshold = m
         .field(cx, "success_threshold", Ctx::positive_u32)
         .unwrap_or(spec.success_threshold);
@@ -54,14 +55,15 @@ pub(crate) fn nested(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpec {
     let Some(m) = cx.map_with_hints(node, path, &KEYS, &canonical) else {
         return spec;
     };
-    spec.kind = kind(cx, &m, true);
+    let probe;
+    (spec.kind, probe) = kind(cx, &m, true);
     let Some(run) = m.get("run_options") else {
         return spec;
     };
     let Some(r) = cx.map(run, &m.at("run_options"), &RUN_KEYS) else {
         return spec;
     };
-    timing(cx, &r, &mut spec, "retries");
+    timing(cx, &r, &mut spec, "retries", probe);
     if r.field(cx, "enabled", Ctx::boolean) == Some(false) {
         spec.kind = HealthCheckKind::Process;
     }
@@ -69,13 +71,17 @@ pub(crate) fn nested(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpec {
 }
 
 /// interval / timeout / initial_delay and the failure threshold (named `failures`).
-fn timing(cx: &mut Ctx, m: &Map, spec: &mut HealthCheckSpec, failures: &str) {
-    spec.interval = m
-        .field(cx, "interval", positive_duration)
-        .unwrap_or(spec.interval);
-    spec.timeout = m
-        .field(cx, "timeout", positive_duration)
-        .unwrap_or(spec.timeout);
+/// `probe`: the check is (or was meant to be) a probe, whether or not its own settings
+/// were valid, so the rule between interval and timeout applies.
+fn timing(cx: &mut Ctx, m: &Map, spec: &mut HealthCheckSpec, failures: &str, probe: bool) {
+    let interval = m.field(cx, "interval", positive_duration);
+    let timeout = m.field(cx, "timeout", positive_duration);
+    // A value given but invalid is already reported; comparing the default in its
+    // place would only add a confusing second problem.
+    let both_known =
+        (interval.is_some() || !m.has("interval")) && (timeout.is_some() || !m.has("timeout"));
+    spec.interval = interval.unwrap_or(spec.interval);
+    spec.timeout = timeout.unwrap_or(spec.timeout);
     spec.initial_delay = m
         .field(cx, "initial_delay", Ctx::duration)
         .unwrap_or(spec.initial_delay);
@@ -83,7 +89,7 @@ fn timing(cx: &mut Ctx, m: &Map, spec: &mut HealthCheckSpec, failures: &str) {
         .field(cx, failures, Ctx::positive_u32)
         .unwrap_or(spec.failure_threshold);
     // A liveness check is event-driven: interval and timeout do not apply to it.
-    if spec.kind != HealthCheckKind::Process && spec.timeout >= spec.interval {
+    if probe && both_known && spec.timeout >= spec.interval {
         let key = if m.has("timeout") {
             "timeout"
         } else {
@@ -98,8 +104,10 @@ fn timing(cx: &mut Ctx, m: &Map, spec: &mut HealthCheckSpec, failures: &str) {
     }
 }
 
-/// The check kind: `type`, or (when absent) the one sub-mapping given, else `process`.
-fn kind(cx: &mut Ctx, m: &Map, nested: bool) -> HealthCheckKind {
+/// The check kind: `type`, or (when absent) the one sub-mapping given, else `process`;
+/// and whether it is a probe (not `process`). When the kind cannot be decided, the
+/// settings given are still checked, and it counts as a probe.
+fn kind(cx: &mut Ctx, m: &Map, nested: bool) -> (HealthCheckKind, bool) {
     let given: Vec<&str> = SUB_KINDS
         .into_iter()
         .filter(|k| m.has(k) || (nested && *k == "http" && m.has("http_endpoint")))
@@ -116,10 +124,18 @@ fn kind(cx: &mut Ctx, m: &Map, nested: bool) -> HealthCheckKind {
                 given.join(", ")
             );
             cx.report(m.node, &m.at("type"), message);
-            return HealthCheckKind::Process;
+            for k in given {
+                build(cx, m, k, nested);
+            }
+            return (HealthCheckKind::Process, true);
         }
         // `type` was given but invalid: already reported.
-        (None, _) => return HealthCheckKind::Process,
+        (None, _) => {
+            for k in given {
+                build(cx, m, k, nested);
+            }
+            return (HealthCheckKind::Process, true);
+        }
     };
     for other in SUB_KINDS.iter().filter(|k| **k != chosen) {
         m.forbid(cx, other, &format!("is only used with `type: {other}`"));
@@ -127,7 +143,9 @@ fn kind(cx: &mut Ctx, m: &Map, nested: bool) -> HealthCheckKind {
     if chosen != "http" {
         m.forbid(cx, "http_endpoint", "is only used with `type: http`");
     }
-    build(cx, m, chosen, nested).unwrap_or(HealthCheckKind::Process)
+    let probe = chosen != "process";
+    let kind = build(cx, m, chosen, nested).unwrap_or(HealthCheckKind::Process);
+    (kind, probe)
 }
 
 fn build(cx: &mut Ctx, m: &Map, chosen: &str, nested: bool) -> Option<HealthCheckKind> {
@@ -141,6 +159,11 @@ fn build(cx: &mut Ctx, m: &Map, chosen: &str, nested: bool) -> Option<HealthChec
                 "http_endpoint",
                 "cannot be given together with `http`; give one",
             );
+            // Both are still checked, so that fixing one problem reveals no other.
+            m.field(cx, "http_endpoint", url);
+            if let Some(sub) = m.get("http") {
+                http(cx, sub, &m.at("http"));
+            }
             return None;
         }
         let url = m.field(cx, "http_endpoint", url)?;
@@ -197,9 +220,7 @@ fn tcp(cx: &mut Ctx, node: &Node, path: &str) -> Option<HealthCheckKind> {
 
 fn exec(cx: &mut Ctx, node: &Node, path: &str) -> Option<HealthCheckKind> {
     let m = cx.map(node, path, &["command", "arguments"])?;
-    let arguments = m
-        .field(cx, "arguments", Ctx::string_list)
-        .unwrap_or_default();
+    let arguments = m.field(cx, "arguments", Ctx::arguments).unwrap_or_default();
     let command = required(cx, &m, "command", Ctx::program)?;
     Some(HealthCheckKind::Exec { command, arguments })
 }

@@ -37,6 +37,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The largest config file read, in bytes (4 MiB): far above any real config, and a
+/// bound on the memory a mistaken `--config /dev/zero` (or a hostile file) can take.
+pub const MAX_FILE_SIZE: u64 = 4 * 1024 * 1024;
+
+/// The longest string value (or mapping key) a config may hold, in bytes (64 KiB):
+/// metadata values, arguments, environment variables, paths. Process ids are limited to
+/// 64 characters and user and group names to 32, separately.
+pub const MAX_STRING_LEN: usize = 64 * 1024;
+
 /// A loaded, valid config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -228,23 +237,80 @@ pub enum LogFormat {
     Json,
 }
 
-/// Reads and loads a config file. An unreadable file is one problem at 1:1.
+/// Reads and loads a config file. A file that cannot be read, is larger than
+/// [`MAX_FILE_SIZE`] or is not UTF-8 is one problem (at 1:1, or at the first byte that is
+/// not UTF-8).
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&text, path),
-        Err(e) => Err(ConfigErrors(vec![Problem {
-            file: path.display().to_string(),
-            line: 1,
-            col: 1,
-            path: String::new(),
-            message: format!("cannot read the config file: {e}"),
-        }])),
+    let bytes = read_limited(path).map_err(|message| file_problem(path, 1, 1, message))?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => load_str(text, path),
+        Err(e) => {
+            let valid = &bytes[..e.valid_up_to()];
+            let line = 1 + valid.iter().filter(|b| **b == b'\n').count();
+            let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            // Everything before the bad byte is UTF-8, so the column counts characters.
+            let col = 1 + String::from_utf8_lossy(&valid[line_start..])
+                .chars()
+                .count();
+            let byte = bytes[e.valid_up_to()];
+            let message = format!(
+                "the config file is not valid UTF-8: byte 0x{byte:02X} here does not start \
+                 or continue a character (save the file as UTF-8)"
+            );
+            Err(file_problem(path, line, col, message))
+        }
     }
 }
 
+/// The file's content, refused when over [`MAX_FILE_SIZE`]: never more than that (plus
+/// one byte) is read, whatever the file is (`/dev/zero`, a pipe, a growing file).
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let too_large = || {
+        format!(
+            "the config file is larger than {} MiB, the most a config may be",
+            MAX_FILE_SIZE / (1024 * 1024)
+        )
+    };
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read the config file: {e}"))?;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.len() > MAX_FILE_SIZE)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the config file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn file_problem(path: &Path, line: usize, col: usize, message: String) -> ConfigErrors {
+    ConfigErrors(vec![Problem {
+        file: path.display().to_string(),
+        line,
+        col,
+        path: String::new(),
+        message,
+    }])
+}
+
 /// Loads a config from text; `source` names it in problems, and its directory is the one
-/// relative paths are resolved against.
+/// relative paths are resolved against. Text over [`MAX_FILE_SIZE`] is refused, as from
+/// a file.
 pub fn load_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+    if text.len() as u64 > MAX_FILE_SIZE {
+        let message = format!(
+            "the config is larger than {} MiB, the most a config may be",
+            MAX_FILE_SIZE / (1024 * 1024)
+        );
+        return Err(file_problem(source, 1, 1, message));
+    }
     let absolute = std::path::absolute(source).unwrap_or_else(|_| source.to_path_buf());
     let config_dir = absolute
         .parent()

@@ -123,6 +123,9 @@ fn execution(cx: &mut Ctx, node: &Node, path: &str, c: &mut ControlSpec) {
         "working_directory",
         "environment",
         "wait_delay",
+        // Not in the earlier manager: who the process runs as.
+        "user",
+        "group",
     ];
     let Some(m) = cx.map_with_hints(node, path, &keys, &["executable", "arguments"]) else {
         return;
@@ -131,13 +134,15 @@ fn execution(cx: &mut Ctx, node: &Node, path: &str, c: &mut ControlSpec) {
         Some(n) => c.executable = cx.program(n, &m.at("executable_path")).unwrap_or_default(),
         None => m.missing(cx, "executable_path", "the program to run"),
     }
-    c.arguments = m.field(cx, "args", Ctx::string_list).unwrap_or_default();
+    c.arguments = m.field(cx, "args", Ctx::arguments).unwrap_or_default();
     if let Some(dir) = m.field(cx, "working_directory", Ctx::path) {
         c.working_directory = dir;
     }
     if let Some(n) = m.get("environment") {
         c.environment = sections::environment(cx, n, &m.at("environment"));
     }
+    c.user = m.field(cx, "user", sections::account);
+    c.group = m.field(cx, "group", sections::account);
     // The earlier manager's I/O wait after exit; checked, not acted on (the stop
     // sequence is governed by `graceful_timeout`).
     m.field(cx, "wait_delay", Ctx::duration);

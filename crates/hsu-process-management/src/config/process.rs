@@ -159,6 +159,23 @@ fn management(
              process in one form"
         );
         cx.report(node, path, message);
+        // Each part is still checked in its own form, so that no other problem waits
+        // for this one to be fixed.
+        let part = |keys: &[&str]| Node {
+            value: Value::Map(
+                entries
+                    .iter()
+                    .filter(|e| keys.contains(&e.name()))
+                    .cloned()
+                    .collect(),
+            ),
+            ..node.clone()
+        };
+        let canonical_part = part(&canonical::KEYS);
+        if let Some(m) = cx.map(&canonical_part, path, &canonical::KEYS) {
+            canonical::management(cx, &m, fallback);
+        }
+        nested_management(cx, &part(&TYPE_NAMES), path, given);
         return (fallback, Parts::default());
     }
     if nested_keys.is_empty() {

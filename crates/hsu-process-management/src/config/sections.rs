@@ -30,15 +30,17 @@ pub(crate) const RESTART_KEYS: [&str; 7] = [
 
 /// Reads the [`RESTART_KEYS`] present in `m` into `t`, then checks them together.
 pub(crate) fn restart_fields(cx: &mut Ctx, m: &Map, t: &mut RestartTuning) {
-    t.retry_delay = m
-        .field(cx, "retry_delay", Ctx::duration)
-        .unwrap_or(t.retry_delay);
+    let retry_delay = m.field(cx, "retry_delay", Ctx::duration);
     t.backoff_rate = m
         .field(cx, "backoff_rate", backoff_rate)
         .unwrap_or(t.backoff_rate);
-    t.max_delay = m
-        .field(cx, "max_delay", Ctx::duration)
-        .unwrap_or(t.max_delay);
+    let max_delay = m.field(cx, "max_delay", Ctx::duration);
+    // A value given but invalid is already reported; comparing the default in its
+    // place would only add a confusing second problem.
+    let both_known = (retry_delay.is_some() || !m.has("retry_delay"))
+        && (max_delay.is_some() || !m.has("max_delay"));
+    t.retry_delay = retry_delay.unwrap_or(t.retry_delay);
+    t.max_delay = max_delay.unwrap_or(t.max_delay);
     t.reset_after = m
         .field(cx, "reset_after", Ctx::duration)
         .unwrap_or(t.reset_after);
@@ -47,7 +49,7 @@ pub(crate) fn restart_fields(cx: &mut Ctx, m: &Map, t: &mut RestartTuning) {
         .unwrap_or(t.max_retries);
     t.window = m.field(cx, "window", positive_duration).unwrap_or(t.window);
     t.cooldown = m.field(cx, "cooldown", Ctx::duration).unwrap_or(t.cooldown);
-    if t.max_delay < t.retry_delay {
+    if both_known && t.max_delay < t.retry_delay {
         let key = if m.has("max_delay") {
             "max_delay"
         } else {
@@ -136,10 +138,16 @@ pub(crate) fn stop_signal(cx: &mut Ctx, node: &Node, path: &str) -> Option<StopS
 pub(crate) fn environment(cx: &mut Ctx, node: &Node, path: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     match &node.value {
-        Value::Map(_) => {
+        Value::Map(entries) => {
             env = cx.text_map(node, path, false);
             for (name, at) in env_names(node) {
                 check_env_name(cx, at, &format!("{path}.{name}"), name);
+            }
+            for entry in entries {
+                if let Some(value) = env.get(entry.name()) {
+                    let value_path = format!("{path}.{}", entry.name());
+                    cx.no_nul(&entry.value, &value_path, value);
+                }
             }
         }
         Value::Seq(items) => {
@@ -171,7 +179,7 @@ fn env_names(node: &Node) -> Vec<(&str, &Node)> {
 }
 
 fn env_item(cx: &mut Ctx, node: &Node, path: &str) -> Option<(String, String)> {
-    let text = cx.string(node, path)?;
+    let text = cx.os_string(node, path)?;
     let Some((name, value)) = text.split_once('=') else {
         cx.report(
             node,
@@ -184,11 +192,57 @@ fn env_item(cx: &mut Ctx, node: &Node, path: &str) -> Option<(String, String)> {
 }
 
 fn check_env_name(cx: &mut Ctx, at: &Node, path: &str, name: &str) -> bool {
-    let ok = !name.is_empty() && !name.contains(['=', '\0']);
+    if name.contains('\0') {
+        let message = "the variable name contains a NUL byte (`\\0`), which cannot be \
+                       passed to a process";
+        cx.report(at, path, message);
+        return false;
+    }
+    let ok = !name.is_empty() && !name.contains('=');
     if !ok {
         cx.report(at, path, format!("`{name}` is not a valid variable name"));
     }
     ok
+}
+
+/// The longest user or group name accepted (the usual limit of `useradd`).
+pub(crate) const MAX_ACCOUNT_NAME: usize = 32;
+
+/// `user` / `group`: a name or a numeric id. Whether it exists is checked when the
+/// process starts (it may be created after the config is written).
+pub(crate) fn account(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+    let text = cx.os_non_empty(node, path)?;
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        // u32::MAX is (uid_t)-1, which means "no change" to setuid/setgid.
+        return match text.parse::<u32>() {
+            Ok(id) if id < u32::MAX => Some(text),
+            _ if text.starts_with('-') => {
+                cx.report(
+                    node,
+                    path,
+                    format!("a numeric id cannot be negative, found {text}"),
+                );
+                None
+            }
+            _ => {
+                let message = format!("out of range (max {}), found {text}", u32::MAX - 1);
+                cx.report(node, path, message);
+                None
+            }
+        };
+    }
+    let chars = text.chars().count();
+    if chars > MAX_ACCOUNT_NAME || text.chars().any(char::is_whitespace) {
+        let message = format!(
+            "`{}` is not a user or group name: a name is at most {MAX_ACCOUNT_NAME} \
+             characters, without spaces (or give a numeric id)",
+            super::values::shown(&text)
+        );
+        cx.report(node, path, message);
+        return None;
+    }
+    Some(text)
 }
 
 /// Per-process `log_collection`. The nested form also has `processing` and `outputs`,
@@ -238,7 +292,15 @@ pub(crate) fn discovery(cx: &mut Ctx, node: &Node, path: &str) -> Option<Discove
     let check_interval = m
         .field(cx, "check_interval", positive_duration)
         .unwrap_or(DEFAULT_CHECK_INTERVAL);
-    let method = discovery_method(cx, &m)?;
+    let Some(method) = discovery_method(cx, &m) else {
+        // The method is unknown: still check the value of each method key given.
+        for key in DISCOVERY_METHODS {
+            if let Some(value) = m.get(key) {
+                discovery_value(cx, key, value, &m.at(key));
+            }
+        }
+        return None;
+    };
     for other in DISCOVERY_METHODS.iter().filter(|k| **k != method) {
         m.forbid(cx, other, &format!("is only used with `method: {other}`"));
     }
@@ -246,15 +308,24 @@ pub(crate) fn discovery(cx: &mut Ctx, node: &Node, path: &str) -> Option<Discove
         m.missing(cx, method, &format!("`method: {method}` needs `{method}`"));
         return None;
     };
-    let value_path = m.at(method);
-    let method = match method {
-        "pid_file" => DiscoveryMethod::PidFile(cx.path(value, &value_path)?),
-        "process_name" => DiscoveryMethod::ProcessName(cx.non_empty(value, &value_path)?),
-        _ => DiscoveryMethod::Port(port(cx, value, &value_path)?),
-    };
+    let method = discovery_value(cx, method, value, &m.at(method))?;
     Some(DiscoverySpec {
         method,
         check_interval,
+    })
+}
+
+/// The value of a discovery method's key (`pid_file`, `process_name` or `port`).
+fn discovery_value(
+    cx: &mut Ctx,
+    method: &str,
+    value: &Node,
+    path: &str,
+) -> Option<DiscoveryMethod> {
+    Some(match method {
+        "pid_file" => DiscoveryMethod::PidFile(cx.path(value, path)?),
+        "process_name" => DiscoveryMethod::ProcessName(cx.non_empty(value, path)?),
+        _ => DiscoveryMethod::Port(port(cx, value, path)?),
     })
 }
 

@@ -711,10 +711,10 @@ managed_processes:
     );
     assert_eq!(
         out,
-        "/etc/hsu/config.yaml:6:7: managed_processes[0].management.discovery: missing: an unmanaged process is found by discovery\n\
-         /etc/hsu/config.yaml:6:21: managed_processes[0].management.health_check.http: missing: `type: http` needs `http: {url: ...}`\n\
+        "/etc/hsu/config.yaml:5:5: managed_processes[0].management.discovery: missing: an unmanaged process is found by discovery\n\
+         /etc/hsu/config.yaml:6:7: managed_processes[0].management.health_check.http: missing: `type: http` needs `http: {url: ...}`\n\
          /etc/hsu/config.yaml:6:34: managed_processes[0].management.health_check.run_options: `run_options` belongs to the other config form (canonical vs HSU nested) and is not valid here; expected one of: type, http, grpc, tcp, exec, interval, timeout, initial_delay, failure_threshold, success_threshold\n\
-         /etc/hsu/config.yaml:11:23: managed_processes[1].management.standard_managed.health_check.http_endpoint: missing: `type: http` needs `http_endpoint: <url>`\n\
+         /etc/hsu/config.yaml:11:9: managed_processes[1].management.standard_managed.health_check.http_endpoint: missing: `type: http` needs `http_endpoint: <url>`\n\
          /etc/hsu/config.yaml:12:5: managed_processes[2].management: missing: it says how to run or find the process"
     );
 }
@@ -755,4 +755,425 @@ managed_processes:
     assert!(c.processes.iter().all(|p| !p.log_collection.enabled));
     let on = ok(&text.replace("enabled: false", "enabled: true"));
     assert!(on.processes.iter().all(|p| p.log_collection.enabled));
+}
+
+/// Writes `content` to a file in a new temporary directory and loads it.
+fn load_bytes(content: &[u8]) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, content).unwrap();
+    load_file(&file)
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_without_reading_it_all() {
+    let mut big = b"managed_processes: []\n".to_vec();
+    big.resize(MAX_FILE_SIZE as usize + 1, b'#');
+    let e = load_bytes(&big).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert_eq!((e.0[0].line, e.0[0].col), (1, 1));
+    assert_eq!(
+        e.0[0].message,
+        "the config file is larger than 4 MiB, the most a config may be"
+    );
+    // Exactly at the limit is still read (and here, valid: a comment).
+    big.truncate(MAX_FILE_SIZE as usize);
+    assert!(load_bytes(&big).is_ok());
+    // An endless file: refused after reading at most the limit.
+    let started = std::time::Instant::now();
+    let e = load_file(Path::new("/dev/zero")).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(e.0.len(), 1);
+    assert!(e.0[0].message.contains("larger than 4 MiB"), "{e}");
+    // The same bound holds for text handed in directly.
+    let text = "#".repeat(MAX_FILE_SIZE as usize + 1);
+    assert!(problems(&text).contains("larger than 4 MiB"));
+}
+
+#[test]
+fn strings_over_the_length_limit_are_refused_with_their_path() {
+    let long = "x".repeat(MAX_STRING_LEN + 1);
+    let text = format!(
+        r#"
+metadata: {{note: "{long}"}}
+managed_processes:
+  - id: a
+    metadata: {{"{long}": v}}
+    management:
+      control:
+        executable: a
+        arguments: ["{long}"]
+        environment: {{BIG: "{long}"}}
+"#
+    );
+    let out = problems(&text);
+    let lines: Vec<&str> = out.lines().collect();
+    let expected = "is 65537 bytes long; a string may be at most 64 KiB (65536 bytes)";
+    assert_eq!(
+        lines,
+        [
+            format!("/etc/hsu/config.yaml:2:18: metadata.note: {expected}"),
+            format!(
+                "/etc/hsu/config.yaml:5:16: managed_processes[0].metadata.{}...: {expected}",
+                "x".repeat(64)
+            ),
+            format!(
+                "/etc/hsu/config.yaml:9:21: managed_processes[0].management.control.arguments[0]: {expected}"
+            ),
+            format!(
+                "/etc/hsu/config.yaml:10:28: managed_processes[0].management.control.environment.BIG: {expected}"
+            ),
+        ]
+    );
+    // At the limit is fine.
+    let ok_text = format!(
+        "managed_processes:\n  - id: a\n    metadata: {{note: \"{}\"}}\n    management: {{control: {{executable: a}}}}\n",
+        "x".repeat(MAX_STRING_LEN)
+    );
+    assert_eq!(
+        ok(&ok_text).processes[0].metadata["note"].len(),
+        MAX_STRING_LEN
+    );
+}
+
+#[test]
+fn a_nul_byte_in_what_reaches_the_process_is_refused() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control:
+        executable: "./a\0b"
+        arguments: ["ok", "x\0y"]
+        working_directory: "w\0"
+        environment: {"K\0": v, V: "v\0"}
+  - id: b
+    management:
+      standard_managed:
+        control:
+          execution:
+            executable_path: "b\0"
+            args: ["\0"]
+            working_directory: "\0w"
+            environment: ["A=\0"]
+"#,
+    );
+    let nul = "contains a NUL byte (`\\0`), which cannot be passed to a process";
+    let expected = [
+        format!("6:21: managed_processes[0].management.control.executable: {nul}"),
+        format!("7:27: managed_processes[0].management.control.arguments[1]: {nul}"),
+        format!("8:28: managed_processes[0].management.control.working_directory: {nul}"),
+        "9:23: managed_processes[0].management.control.environment.K\0: the variable name \
+         contains a NUL byte (`\\0`), which cannot be passed to a process"
+            .to_string(),
+        format!("9:36: managed_processes[0].management.control.environment.V: {nul}"),
+        format!(
+            "15:30: managed_processes[1].management.standard_managed.control.execution.executable_path: {nul}"
+        ),
+        format!(
+            "16:20: managed_processes[1].management.standard_managed.control.execution.args[0]: {nul}"
+        ),
+        format!(
+            "17:32: managed_processes[1].management.standard_managed.control.execution.working_directory: {nul}"
+        ),
+        format!(
+            "18:27: managed_processes[1].management.standard_managed.control.execution.environment[0]: {nul}"
+        ),
+    ];
+    let got: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("/etc/hsu/config.yaml:").unwrap())
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn every_rule_runs_on_every_value_that_parsed() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control: {executable: a}
+      health_check:
+        http: {url: "ftp://x"}
+        interval: 1s
+        timeout: 5s
+  - id: b
+    management:
+      control: {executable: b}
+      health_check: {type: htp, tcp: {address: nowhere}, interval: 1s, timeout: 5s}
+  - id: c
+    type: unmanaged
+    management:
+      discovery: {method: pidfile, pid_file: ""}
+"#,
+    );
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:7:21: managed_processes[0].management.health_check.http.url: `ftp://x` is not an http:// or https:// URL\n\
+         /etc/hsu/config.yaml:9:18: managed_processes[0].management.health_check.timeout: timeout (5s) must be less than interval (1s)\n\
+         /etc/hsu/config.yaml:13:28: managed_processes[1].management.health_check.type: unknown value `htp`; expected one of: process, http, grpc, tcp, exec; did you mean `http`?\n\
+         /etc/hsu/config.yaml:13:48: managed_processes[1].management.health_check.tcp.address: `nowhere` is not a `host:port` address\n\
+         /etc/hsu/config.yaml:13:81: managed_processes[1].management.health_check.timeout: timeout (5s) must be less than interval (1s)\n\
+         /etc/hsu/config.yaml:17:27: managed_processes[2].management.discovery.method: unknown value `pidfile`; expected one of: pid_file, process_name, port; did you mean `pid_file`?\n\
+         /etc/hsu/config.yaml:17:46: managed_processes[2].management.discovery.pid_file: must not be empty"
+    );
+    // A value that did not parse is not compared with the other in its rule.
+    let out = problems(
+        "managed_processes:\n  - id: a\n    management:\n      control:\n        executable: a\n        restart: {retry_delay: soon, max_delay: 100ms}\n",
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("retry_delay: invalid duration `soon`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn merge_keys_share_settings_in_both_forms() {
+    let c = ok(r#"
+x-defaults:
+  control: &control
+    executable: ./svc
+    arguments: [--quiet]
+    environment: &env {MODE: prod, LEVEL: info}
+    graceful_timeout: 5s
+  restart: &fast {retry_delay: 100ms, max_retries: 9}
+  slow: &slow {retry_delay: 3s, max_delay: 1m}
+managed_processes:
+  - id: a
+    management:
+      control:
+        <<: *control
+        graceful_timeout: 7s
+        environment:
+          <<: *env
+          LEVEL: debug
+        restart:
+          <<: [*fast, *slow]
+  - id: b
+    management:
+      standard_managed:
+        control:
+          execution:
+            executable_path: ./svc
+            environment: {<<: *env, EXTRA: "1"}
+          context_aware_restart:
+            default: {<<: *slow}
+"#);
+    let a = c.processes[0].control.as_ref().unwrap();
+    assert_eq!(a.executable, PathBuf::from("/etc/hsu/svc"));
+    assert_eq!(a.arguments, ["--quiet"]);
+    // An explicit key wins over a merged one, wherever it is written.
+    assert_eq!(a.graceful_timeout, secs(7));
+    assert_eq!(a.environment, map(&[("MODE", "prod"), ("LEVEL", "debug")]));
+    // In a list, the earlier mapping wins.
+    assert_eq!(a.restart.retry_delay, Duration::from_millis(100));
+    assert_eq!(a.restart.max_retries, 9);
+    assert_eq!(a.restart.max_delay, secs(60));
+    let b = c.processes[1].control.as_ref().unwrap();
+    assert_eq!(
+        b.environment,
+        map(&[("MODE", "prod"), ("LEVEL", "info"), ("EXTRA", "1")])
+    );
+    assert_eq!(b.restart.retry_delay, secs(3));
+}
+
+#[test]
+fn problems_inside_merged_values_point_at_their_text() {
+    let out = problems(
+        r#"
+x-base: &base
+  executable: ./svc
+  graceful_timeout: soon
+  restart_polcy: always
+managed_processes:
+  - id: a
+    management:
+      control:
+        <<: *base
+  - id: b
+    management:
+      control: {<<: *base, graceful_timeout: 1s}
+  - id: c
+    management:
+      control:
+        <<: [1, 2]
+        executable: c
+"#,
+    );
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:4:21: managed_processes[0].management.control.graceful_timeout: invalid duration `soon` (expected number at 0); expected e.g. `250ms`, `10s`, `1m30s`, `2h`\n\
+         /etc/hsu/config.yaml:5:3: managed_processes[0].management.control.restart_polcy: unknown key `restart_polcy`; did you mean `restart_policy`?\n\
+         /etc/hsu/config.yaml:5:3: managed_processes[1].management.control.restart_polcy: unknown key `restart_polcy`; did you mean `restart_policy`?\n\
+         /etc/hsu/config.yaml:17:9: managed_processes[2].management.control.<<: a merge key takes a mapping or a list of mappings (e.g. `<<: *defaults`), found a list"
+    );
+    assert!(problems("process_manager: {\"<<\": {port: 1}}\n")
+        .contains("a quoted `<<` is an ordinary key, not a merge key; write it unquoted"));
+    // Other top-level keys stay unknown.
+    assert!(problems("defaults: {}\n").contains("unknown key `defaults`"));
+}
+
+#[test]
+fn misleading_messages_are_now_precise() {
+    let out = problems(
+        r#"
+process_manager:
+  port: 99999999999999999999
+  force_shutdown_timeout: -5s
+  resource_sample_interval: -1.5
+managed_processes:
+  - id: a
+    management:
+      control:
+        executable: a
+        graceful_timeout: 99999999999999999999y
+        restart:
+          backoff_rate: .inf
+          cooldown: 18446744073709551616
+          window: 9223372036854775807
+          health_failures: {backoff_rate: .nan}
+          resource_violations: {backoff_rate: 1e400, max_retries: 5000000000}
+        limits:
+          memory: {max_rss: 99999999999999999999}
+          file_descriptors: {max: 18446744073709551615}
+log_collection:
+  rotation: {max_size: 20EiB}
+"#,
+    );
+    let got: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("/etc/hsu/config.yaml:").unwrap())
+        .collect();
+    let range = "out of range (max 3155760000s, about 100 years), found";
+    assert_eq!(
+        got,
+        [
+            "3:9: process_manager.port: out of range (max 65535), found 99999999999999999999".to_string(),
+            "4:27: process_manager.force_shutdown_timeout: a duration cannot be negative, found `-5s`".to_string(),
+            "5:29: process_manager.resource_sample_interval: a duration cannot be negative, found -1.5".to_string(),
+            format!("11:27: managed_processes[0].management.control.graceful_timeout: {range} `99999999999999999999y`"),
+            "13:25: managed_processes[0].management.control.restart.backoff_rate: must be a finite number, found `.inf`".to_string(),
+            format!("14:21: managed_processes[0].management.control.restart.cooldown: {range} 18446744073709551616"),
+            format!("15:19: managed_processes[0].management.control.restart.window: {range} 9223372036854775807"),
+            "16:43: managed_processes[0].management.control.restart.health_failures.backoff_rate: must be a finite number, found `.nan`".to_string(),
+            "17:47: managed_processes[0].management.control.restart.resource_violations.backoff_rate: must be a finite number, found `1e400`".to_string(),
+            "17:67: managed_processes[0].management.control.restart.resource_violations.max_retries: out of range (max 4294967295), found 5000000000".to_string(),
+            "19:29: managed_processes[0].management.control.limits.memory.max_rss: out of range (max 18446744073709551615), found 99999999999999999999".to_string(),
+            "22:24: log_collection.rotation.max_size: out of range (max 18446744073709551615 bytes, 16 EiB), found `20EiB`".to_string(),
+        ]
+    );
+    // The largest 64-bit count is accepted, though YAML reads it as a float.
+    let c = ok("managed_processes:\n  - id: a\n    management:\n      control:\n        executable: a\n        limits: {file_descriptors: {max: 18446744073709551615}}\n");
+    let control = c.processes[0].control.as_ref().unwrap();
+    assert_eq!(
+        control.limits.file_descriptors.as_ref().unwrap().max,
+        u64::MAX
+    );
+}
+
+#[test]
+fn a_non_utf8_byte_is_reported_where_it_is() {
+    let e = load_bytes(b"managed_processes:\n  - id: \xc3\xa9t\xff\n").unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    let p = &e.0[0];
+    assert_eq!((p.line, p.col), (2, 11));
+    assert_eq!(
+        p.message,
+        "the config file is not valid UTF-8: byte 0xFF here does not start or continue a \
+         character (save the file as UTF-8)"
+    );
+}
+
+#[test]
+fn user_and_group_in_both_forms() {
+    let c = ok(r#"
+managed_processes:
+  - id: a
+    management:
+      control: {executable: a, user: www-data, group: 33}
+  - id: b
+    management:
+      standard_managed:
+        control:
+          execution: {executable_path: b, user: 1000}
+  - id: c
+    management:
+      control: {executable: c, group: adm}
+"#);
+    let control = |i: usize| c.processes[i].control.clone().unwrap();
+    assert_eq!(control(0).user.as_deref(), Some("www-data"));
+    assert_eq!(control(0).group.as_deref(), Some("33"));
+    assert_eq!(control(1).user.as_deref(), Some("1000"));
+    assert_eq!(control(1).group, None);
+    // `group` alone is allowed: the manager's own user with another group.
+    assert_eq!(control(2).user, None);
+    assert_eq!(control(2).group.as_deref(), Some("adm"));
+
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control: {executable: a, user: "", group: "a\0"}
+  - id: b
+    management:
+      standard_managed:
+        control:
+          execution: {executable_path: b, user: a-name-that-is-far-too-long-for-any-system, group: -1}
+  - id: c
+    type: unmanaged
+    management:
+      control: {user: root}
+      discovery: {process_name: c}
+  - id: d
+    management:
+      control: {executable: d, user: 4294967295, group: [wheel]}
+"#,
+    );
+    let got: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("/etc/hsu/config.yaml:").unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "5:38: managed_processes[0].management.control.user: must not be empty",
+            "5:49: managed_processes[0].management.control.group: contains a NUL byte (`\\0`), which cannot be passed to a process",
+            "10:49: managed_processes[1].management.standard_managed.control.execution.user: `a-name-that-is-far-too-long-for-any-system` is not a user or group name: a name is at most 32 characters, without spaces (or give a numeric id)",
+            "10:100: managed_processes[1].management.standard_managed.control.execution.group: a numeric id cannot be negative, found -1",
+            "14:17: managed_processes[2].management.control.user: `user` is not used for unmanaged processes: the manager never starts them",
+            "18:38: managed_processes[3].management.control.user: out of range (max 4294967294), found 4294967295",
+            "18:57: managed_processes[3].management.control.group: expected a string, found a list",
+        ]
+    );
+}
+
+#[test]
+fn a_process_mixing_the_forms_still_has_both_parts_checked() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: a
+    management:
+      control: {executable: a, graceful_timeout: soon}
+      standard_managed:
+        control: {execution: {executable_path: a, args: "not a list"}}
+"#,
+    );
+    let got: Vec<&str> = out
+        .lines()
+        .map(|l| l.strip_prefix("/etc/hsu/config.yaml:").unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "5:7: managed_processes[0].management: mixes the canonical form (`control`) with the HSU nested form (`standard_managed`); write each process in one form",
+            "5:50: managed_processes[0].management.control.graceful_timeout: invalid duration `soon` (expected number at 0); expected e.g. `250ms`, `10s`, `1m30s`, `2h`",
+            "7:57: managed_processes[0].management.standard_managed.control.execution.args: expected a list of strings, found a string",
+        ]
+    );
 }

@@ -2,15 +2,44 @@
 
 use std::time::Duration;
 
+/// The longest duration a config may give (100 years as `humantime` counts them, so
+/// `100y` is accepted): far beyond any sensible timeout, and small enough that adding it
+/// to the current time can never overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3_155_760_000);
+
 /// Parses `250ms`, `10s`, `1m30s`, `2h` (and a bare number of seconds, `"30"`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(text).map_err(|e| {
-        format!("invalid duration `{text}` ({e}); expected e.g. `250ms`, `10s`, `1m30s`, `2h`")
+    if text.starts_with('-') {
+        return Err(format!(
+            "a duration cannot be negative, found `{}`",
+            shown(text)
+        ));
+    }
+    humantime::parse_duration(text).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => format!(
+            "out of range (max {}s, about 100 years), found `{}`",
+            MAX_DURATION.as_secs(),
+            shown(text)
+        ),
+        e => format!(
+            "invalid duration `{}` ({e}); expected e.g. `250ms`, `10s`, `1m30s`, `2h`",
+            shown(text)
+        ),
     })
+}
+
+/// `text` for quoting in a message: cut to its first 64 characters (with `...`), so a
+/// huge value does not make a huge message.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}...", &text[..cut]).into(),
+        None => text.into(),
+    }
 }
 
 /// Parses a size: a number of bytes, or a number with a unit: binary `KiB`, `MiB`,
@@ -19,16 +48,27 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let invalid = || {
         format!(
-            "invalid size `{text}`; expected a number of bytes or a number with a unit, \
-             e.g. `512MiB`, `1GiB`, `100MB`"
+            "invalid size `{}`; expected a number of bytes or a number with a unit, \
+             e.g. `512MiB`, `1GiB`, `100MB`",
+            shown(text)
         )
     };
+    if text.starts_with('-') {
+        return Err(format!(
+            "a size cannot be negative, found `{}`",
+            shown(text)
+        ));
+    }
     if !text.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(invalid());
     }
     let size: bytesize::ByteSize = text.parse().map_err(|_| invalid())?;
     match size.as_u64() {
-        u64::MAX => Err(format!("size `{text}` is too large")),
+        u64::MAX => Err(format!(
+            "out of range (max {} bytes, 16 EiB), found `{}`",
+            u64::MAX,
+            shown(text)
+        )),
         bytes => Ok(bytes),
     }
 }
@@ -64,7 +104,13 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert!(parse_duration("-5s").is_err());
+        assert_eq!(
+            parse_duration("-5s"),
+            Err("a duration cannot be negative, found `-5s`".into())
+        );
+        assert!(parse_duration("99999999999999999999y")
+            .unwrap_err()
+            .starts_with("out of range"));
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("").is_err());
     }

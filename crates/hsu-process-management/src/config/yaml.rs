@@ -1,5 +1,10 @@
 //! Parses YAML text (with saphyr) into a small tree that keeps each node's position and,
 //! for scalars, the text exactly as written.
+//!
+//! Aliases (`*name`) are expanded by saphyr (within its node budget, against
+//! billion-laughs input); YAML merge keys (`<<: *defaults`, `<<: [*a, *b]`) are applied
+//! here, since saphyr leaves them as ordinary `<<` keys. Merged values keep the position
+//! where they were written (the anchor), so a problem inside one points at its text.
 
 use saphyr::{LoadableYamlNode, MarkedYamlOwned, ScalarOwned, ScanError, YamlDataOwned};
 
@@ -9,6 +14,10 @@ pub(crate) struct Node {
     pub line: usize,
     pub col: usize,
     pub value: Value,
+    /// Position of the key this node is the value of, if any: where a problem about the
+    /// node as a whole (e.g. a key missing from it) is best shown, since a block
+    /// mapping's own position is that of its first key.
+    pub key_at: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +75,11 @@ impl Node {
 
     pub fn is_null(&self) -> bool {
         matches!(self.value, Value::Null)
+    }
+
+    /// Where to report a problem about this node as a whole: its key, else itself.
+    pub fn whole_at(&self) -> (usize, usize) {
+        self.key_at.unwrap_or((self.line, self.col))
     }
 }
 
@@ -152,14 +166,7 @@ impl<'a> Source<'a> {
             YamlDataOwned::Sequence(items) => {
                 Value::Seq(items.iter().map(|n| self.convert(n)).collect())
             }
-            YamlDataOwned::Mapping(map) => Value::Map(
-                map.iter()
-                    .map(|(k, v)| Entry {
-                        key: self.convert(k),
-                        value: self.convert(v),
-                    })
-                    .collect(),
-            ),
+            YamlDataOwned::Mapping(map) => Value::Map(self.mapping(map)),
             YamlDataOwned::Tagged(_, inner) => return self.convert(inner),
             YamlDataOwned::Alias(_) | YamlDataOwned::BadValue => {
                 Value::Invalid(self.slice(node).unwrap_or("").to_string())
@@ -169,22 +176,89 @@ impl<'a> Source<'a> {
             line: node.span.start.line(),
             col: node.span.start.col() + 1,
             value,
+            key_at: None,
         }
     }
 
+    /// A mapping's entries with its merge keys applied: each `<<` entry whose value is a
+    /// mapping (or a list of mappings) is replaced, in place, by the entries of those
+    /// mappings that the mapping does not set itself (explicit keys win wherever they are
+    /// written; in a list, an earlier mapping wins over a later one). A `<<` with any
+    /// other value is kept as an entry, for the walk to report.
+    fn mapping(&self, map: &saphyr::AnnotatedMappingOwned<MarkedYamlOwned>) -> Vec<Entry> {
+        let mut converted: Vec<(bool, Entry)> = Vec::with_capacity(map.len());
+        for (k, v) in map.iter() {
+            let key = self.convert(k);
+            let mut value = self.convert(v);
+            value.key_at = Some((key.line, key.col));
+            let merge = self.slice(k) == Some("<<") && merge_sources(&value).is_some();
+            converted.push((merge, Entry { key, value }));
+        }
+        if !converted.iter().any(|(merge, _)| *merge) {
+            return converted.into_iter().map(|(_, e)| e).collect();
+        }
+        let mut taken: Vec<String> = converted
+            .iter()
+            .filter(|(merge, _)| !merge)
+            .map(|(_, e)| e.name().to_string())
+            .collect();
+        let mut out = Vec::new();
+        for (merge, entry) in converted {
+            if !merge {
+                out.push(entry);
+                continue;
+            }
+            for source in merge_sources(&entry.value).unwrap_or_default() {
+                for e in source {
+                    if !taken.iter().any(|t| t == e.name()) {
+                        taken.push(e.name().to_string());
+                        out.push(e.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn scalar(&self, node: &MarkedYamlOwned, scalar: &ScalarOwned) -> Value {
-        let written = || {
-            self.slice(node)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("{scalar:?}"))
+        // The text as written, without an anchor or tag in front of it (`&port 80`,
+        // `!!int 80`); an alias (`*port`) has no text of its own here, so the value's.
+        let written = |fallback: String| {
+            let text = self.slice(node).unwrap_or("");
+            let mut rest = text;
+            while rest.starts_with(['&', '!']) {
+                rest = rest
+                    .split_once(char::is_whitespace)
+                    .map_or("", |(_, r)| r.trim_start());
+            }
+            if rest.is_empty() || rest.starts_with('*') {
+                fallback
+            } else {
+                rest.to_string()
+            }
         };
         match scalar {
             ScalarOwned::Null => Value::Null,
             ScalarOwned::Boolean(b) => Value::Bool(*b),
-            ScalarOwned::Integer(i) => Value::Int(*i, written()),
-            ScalarOwned::FloatingPoint(f) => Value::Float(f.0, written()),
+            ScalarOwned::Integer(i) => Value::Int(*i, written(i.to_string())),
+            ScalarOwned::FloatingPoint(f) => Value::Float(f.0, written(f.0.to_string())),
             ScalarOwned::String(s) => Value::Str(s.clone()),
         }
+    }
+}
+
+/// The mappings a merge key's value brings in: one mapping, or a list of mappings.
+fn merge_sources(value: &Node) -> Option<Vec<&[Entry]>> {
+    match &value.value {
+        Value::Map(entries) => Some(vec![entries.as_slice()]),
+        Value::Seq(items) => items
+            .iter()
+            .map(|item| match &item.value {
+                Value::Map(entries) => Some(entries.as_slice()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
     }
 }
 
