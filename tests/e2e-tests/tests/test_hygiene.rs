@@ -87,3 +87,44 @@ fn test_port_file_goes_with_the_process() {
     assert!(!pm.run().pid_file("integ").exists());
     pm.shutdown_cleanly(Duration::from_secs(20));
 }
+
+/// `user:` runs the process as that user, with its groups and its `HOME`; the manager
+/// itself stays root and can still stop it.
+#[test]
+fn test_a_process_runs_as_its_configured_user() {
+    if effective_uid() != 0 {
+        eprintln!("SKIPPED test_a_process_runs_as_its_configured_user: the manager must be root");
+        return;
+    }
+    let config = single_process_config("svc", &["--run-duration", "0"], "user: nobody");
+    let mut pm = ProcessManager::start("identity-user", &config);
+    let pid = pm.wait_for_pid("svc", SHORT);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("nobody:"))
+        .map(|l| l.split(':').nth(2).unwrap().to_owned())
+        .unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == nobody),
+        "{uid_line}"
+    );
+    let env = environ(pid);
+    assert!(env.iter().any(|v| v == "USER=nobody"), "{env:?}");
+    pm.shutdown_cleanly(Duration::from_secs(20));
+}
+
+/// The effective user id of this test process, read from `/proc`.
+fn effective_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|u| u.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
