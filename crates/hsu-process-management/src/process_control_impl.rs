@@ -1002,6 +1002,7 @@ impl Supervisor {
                     attempt,
                     trigger: trigger.as_str().into(),
                 });
+                self.count_delay_from_now(delay);
             }
             Decision::OpenCircuit { restarts, cooldown } => {
                 let retry = cooldown.map(|c| Retry {
@@ -1030,7 +1031,22 @@ impl Supervisor {
                     window_ms: window.as_millis() as u64,
                     cooldown_ms: cooldown.unwrap_or_default().as_millis() as u64,
                 });
+                if let Some(c) = cooldown {
+                    self.count_delay_from_now(c);
+                }
             }
+        }
+    }
+
+    /// Starts the pending retry's delay from this moment, after its event was written:
+    /// the announced delay is then never cut short by the time this step took.
+    fn count_delay_from_now(&mut self, delay: Duration) {
+        if let Phase::Failed {
+            retry: Some(retry), ..
+        } = &mut self.phase
+        {
+            retry.at = retry.at.max(Instant::now() + delay);
+            retry.wall = SystemTime::now() + delay;
         }
     }
 
