@@ -51,13 +51,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for GuardedIo<I> {
         if let Some(deadline) = this.first_byte.as_mut() {
             match &polled {
                 Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
-                Poll::Pending => {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the client sent nothing",
-                        )));
-                    }
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client sent nothing",
+                    )));
                 }
                 _ => {}
             }

@@ -636,6 +636,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reload_reports_settings_that_need_a_restart_and_refuses_an_open_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = facade(dir.path()).await;
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 0\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        f.set_running_config(&crate::config::load_file(&path).unwrap(), false);
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        f.on_log_level(move |l| {
+            seen.lock().unwrap().push(l.to_owned());
+            Ok(true)
+        });
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 4000\n  log_level: debug\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        let outcome = f.reload().await.unwrap();
+        let keys: Vec<_> = outcome.needs_restart.iter().map(|c| c.key).collect();
+        assert_eq!(keys, ["process_manager.port"]);
+        assert_eq!(
+            outcome.needs_restart[0].to_string(),
+            "process_manager.port: 0 -> 4000"
+        );
+        assert_eq!(outcome.applied.len(), 1, "{:?}", outcome.applied);
+        assert_eq!(*levels.lock().unwrap(), ["debug"]);
+        // Still pending on the next reload: the port in effect has not changed.
+        let again = f.reload().await.unwrap();
+        assert_eq!(again.needs_restart.len(), 1);
+        assert!(again.applied.is_empty());
+
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 0\n  bind: 0.0.0.0\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        let e = f.reload().await.unwrap_err();
+        assert!(matches!(e, ReloadError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("0.0.0.0"), "{e}");
+        f.shutdown("test").await;
+    }
+
+    #[tokio::test]
     async fn followers_get_the_backlog_then_live_events() {
         let dir = tempfile::tempdir().unwrap();
         let f = facade(dir.path()).await;
