@@ -259,6 +259,25 @@ fn start_errors_name_their_cause_once() {
     assert!(stderr.contains("api.sock"), "{stderr}");
     assert!(stderr.contains("at most 107"), "{stderr}");
     assert!(!stderr.contains("os error"), "{stderr}");
+
+    // A directory where the event journal should be.
+    let run = TestRun::new("e2e-test-hardening-journal-dir");
+    run.write_config("process_manager:\n  port: 0\nmanaged_processes: []\n");
+    std::fs::create_dir(run.base_dir.join("events.jsonl")).unwrap();
+    let out = run_manager_command(
+        &run,
+        &[
+            "--config",
+            run.config_path.to_str().unwrap(),
+            "--base-dir",
+            run.base_dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr.matches("Is a directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("events.jsonl"), "{stderr}");
 }
 
 #[test]
