@@ -396,7 +396,7 @@ fn reload_reports_manager_settings_that_need_a_restart() {
     let process = testexe_process("svc", &["--run-duration", "0"], CONTROL);
     let mut pm = ProcessManager::start(
         "e2e-test-hardening-reload-settings",
-        &processes_config(&[process.clone()]),
+        &processes_config(std::slice::from_ref(&process)),
     );
     let api = pm.api();
     let pid = api.wait_running("svc", SHORT);
