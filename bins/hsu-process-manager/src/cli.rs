@@ -83,11 +83,12 @@ impl ClientCommand {
     }
 }
 
-/// Resolves the API address: `--api`, `HSU_API`, `--config`, the default base
-/// directory's `api.addr`, then `http://127.0.0.1:50055`.
+/// Resolves the API address: `--api`, `HSU_API`, `--config`, `--base-dir`'s `api.addr`,
+/// the default base directory's `api.addr`, then `http://127.0.0.1:50055`.
 pub fn resolve_address(
     args: &ClientArgs,
     config: Option<&Path>,
+    base_dir: Option<&Path>,
     default_base: &Path,
 ) -> Result<ApiAddress, String> {
     if let Some(a) = args
@@ -100,10 +101,9 @@ pub fn resolve_address(
     if let Some(path) = config {
         let cfg = hsu_process_management::config::load_file(path)
             .map_err(|e| format!("cannot read {} to find the manager:\n{e}", path.display()))?;
-        let base = cfg
-            .manager
-            .base_directory
-            .clone()
+        let base = base_dir
+            .map(Path::to_path_buf)
+            .or_else(|| cfg.manager.base_directory.clone())
             .unwrap_or_else(|| default_base.to_path_buf());
         if let Some(addr) = read_addr_file(&base) {
             return Ok(addr);
@@ -120,6 +120,15 @@ pub fn resolve_address(
         };
         return Ok(ApiAddress::Tcp(format!("{host}:{}", cfg.manager.port)));
     }
+    if let Some(dir) = base_dir {
+        return read_addr_file(dir).ok_or_else(|| {
+            format!(
+                "no manager address in {}: is a manager running with --base-dir {}?",
+                dir.join("api.addr").display(),
+                dir.display()
+            )
+        });
+    }
     if let Some(addr) = read_addr_file(default_base) {
         return Ok(addr);
     }
@@ -135,12 +144,13 @@ pub fn run(
     command: ClientCommand,
     args: ClientArgs,
     config: Option<PathBuf>,
+    base_dir: Option<&Path>,
     default_base: &Path,
 ) -> ExitCode {
-    let address = match resolve_address(&args, config.as_deref(), default_base) {
+    let address = match resolve_address(&args, config.as_deref(), base_dir, default_base) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -156,7 +166,7 @@ pub fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -164,18 +174,23 @@ pub fn run(
     match runtime.block_on(execute(command, &client)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ClientError::Unreachable { address, reason }) => {
-            eprintln!("error: manager not reachable at {address} ({reason})");
+            errln!("error: manager not reachable at {address} ({reason})");
             ExitCode::FAILURE
         }
-        Err(ClientError::Api { error, .. }) => {
-            eprintln!("error: {name}: {}", error.error);
+        Err(ClientError::Api { error, status }) => {
+            errln!("error: {name}: {}", error.error);
             for p in &error.problems {
-                eprintln!("{p}");
+                errln!("{p}");
             }
-            ExitCode::FAILURE
+            // A reload refused for its config is a config error (README: exit 2).
+            if name == "reload" && status == 422 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
-            eprintln!("error: {name}: {e}");
+            errln!("error: {name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -265,6 +280,12 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
                 list(&r.changed),
                 list(&r.unchanged)
             );
+            for change in &r.applied_settings {
+                let _ = writeln!(out, "applied: {change}");
+            }
+            for change in &r.needs_restart {
+                let _ = writeln!(out, "needs a manager restart: {change}");
+            }
         }
         ClientCommand::Shutdown => {
             client.shutdown().await?;
@@ -370,8 +391,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve_address(&args, None, &dir).unwrap(),
+            resolve_address(&args, None, None, &dir).unwrap(),
             ApiAddress::Unix("/x/api.sock".into())
         );
+    }
+
+    #[test]
+    fn base_dir_names_the_address_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api.addr"), "127.0.0.1:4321\n").unwrap();
+        let none = std::env::temp_dir().join("hsu-cli-test-none");
+        let args = ClientArgs::default();
+        // Only when HSU_API does not decide first.
+        if std::env::var_os("HSU_API").is_none() {
+            assert_eq!(
+                resolve_address(&args, None, Some(dir.path()), &none).unwrap(),
+                ApiAddress::Tcp("127.0.0.1:4321".into())
+            );
+            let empty = tempfile::tempdir().unwrap();
+            let e = resolve_address(&args, None, Some(empty.path()), &none).unwrap_err();
+            assert!(e.contains("api.addr"), "{e}");
+        }
     }
 }

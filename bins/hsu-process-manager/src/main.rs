@@ -4,7 +4,28 @@
 //! set-up, the base directory and its lock, the control API's listeners, signals, the
 //! client commands, and exit codes (0 ok, 1 failure, 2 usage or config error).
 
+/// `eprintln!` that never panics: a closed or full stderr loses the line, nothing more.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        let _ = ::std::io::Write::write_fmt(
+            &mut ::std::io::stderr(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+
+/// `println!` that never panics (`validate | head` closes stdout early).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = ::std::io::Write::write_fmt(
+            &mut ::std::io::stdout(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        );
+    }};
+}
+
 mod cli;
+mod logging;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +33,8 @@ use hsu_api::{ApiState, ListenSettings};
 use hsu_common::{EventKind, EventSink};
 use hsu_process_file::{Journal, JournalOptions, ManagerLock};
 use hsu_process_management::config::{self, Config};
-use hsu_process_management::{ManagerFacade, ManagerOptions, ProcessManager};
+use hsu_process_management::{ManagerFacade, ManagerOptions, ProcessManager, ReloadError};
+use logging::Logging;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +50,10 @@ struct Cli {
     /// The YAML config file (client commands read the API address from it).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Directory for state, PID files, logs and the event journal (overrides the config);
+    /// client commands read the API address from its `api.addr`.
+    #[arg(long, global = true, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -50,9 +76,6 @@ enum Command {
 
 #[derive(Args, Debug, Clone, Default)]
 struct RunArgs {
-    /// Directory for state, PID files, logs and the event journal (overrides the config).
-    #[arg(long)]
-    base_dir: Option<PathBuf>,
     /// Control API port (overrides the config).
     #[arg(long)]
     port: Option<u16>,
@@ -68,21 +91,25 @@ fn main() -> ExitCode {
     // Before any thread starts: descriptors inherited from whoever launched the manager
     // must not reach its children.
     if let Err(e) = hsu_process::seal_inherited_fds() {
-        eprintln!("warning: cannot mark inherited file descriptors close-on-exec: {e}");
+        errln!("warning: cannot mark inherited file descriptors close-on-exec: {e}");
     }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Validate) => match &cli.config {
             Some(config) => validate(config),
             None => {
-                eprintln!("error: validate needs --config FILE");
+                errln!("error: validate needs --config FILE");
                 ExitCode::from(2)
             }
         },
-        Some(Command::Run(args)) => run(cli.config, args),
-        Some(Command::Client(command)) => {
-            cli::run(command, cli.client, cli.config, &default_base_dir())
-        }
+        Some(Command::Run(args)) => run(cli.config, cli.base_dir, args),
+        Some(Command::Client(command)) => cli::run(
+            command,
+            cli.client,
+            cli.config,
+            cli.base_dir.as_deref(),
+            &default_base_dir(),
+        ),
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -94,14 +121,14 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        None => run(cli.config, cli.run),
+        None => run(cli.config, cli.base_dir, cli.run),
     }
 }
 
 fn validate(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(cfg) => {
-            println!(
+            outln!(
                 "{}: valid ({} process{})",
                 path.display(),
                 cfg.processes.len(),
@@ -110,23 +137,23 @@ fn validate(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            errln!("{errors}");
+            errln!("{}: {} problem(s)", path.display(), errors.0.len());
             ExitCode::from(2)
         }
     }
 }
 
-fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
+fn run(config: Option<PathBuf>, base_dir: Option<PathBuf>, args: RunArgs) -> ExitCode {
     let Some(config_path) = config else {
-        eprintln!("error: --config FILE is required to run the manager");
+        errln!("error: --config FILE is required to run the manager");
         return ExitCode::from(2);
     };
     let cfg = match config::load_file(&config_path) {
         Ok(cfg) => cfg,
         Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
+            errln!("{errors}");
+            errln!(
                 "{}: {} problem(s); nothing started",
                 config_path.display(),
                 errors.0.len()
@@ -138,18 +165,20 @@ fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
     let token = match api_token(cfg.manager.api_token_file.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {}", one_sentence(&e));
             return ExitCode::from(2);
         }
     };
     if !cfg.manager.bind.is_loopback() && token.is_none() {
-        eprintln!(
+        errln!(
             "error: binding the control API to {} requires an API token (process_manager.api_token_file or HSU_API_TOKEN); nothing started",
             cfg.manager.bind
         );
         return ExitCode::from(2);
     }
-    init_logging(args.debug, cfg.manager.log_level.as_str());
+    // From here on the manager's own output goes through the log, which never blocks
+    // and never panics on a dead stderr.
+    let logging = Arc::new(Logging::init(args.debug, cfg.manager.log_level.as_str()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -157,32 +186,46 @@ fn run(config: Option<PathBuf>, args: RunArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cfg, args, token)) {
+    let code = match runtime.block_on(serve(cfg, base_dir, args, token, logging.clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", one_sentence(&e));
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(runtime);
+    logging.drain();
+    code
 }
 
-fn init_logging(debug: bool, config_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::new(v),
-        _ if debug => EnvFilter::new("debug"),
-        _ => EnvFilter::new(config_level),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+/// The error and its causes as one line, each cause once: a cause whose text the message
+/// already holds (an OS error formatted into it) is not repeated.
+fn one_sentence(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// Creates `dir` (and its parents) with mode 0750 where it is new.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
 }
 
 /// The default base directory: system-wide as root, per user otherwise.
@@ -198,13 +241,17 @@ fn default_base_dir() -> PathBuf {
     state.join("hsu-process-manager")
 }
 
-async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Result<()> {
-    let base = args
-        .base_dir
-        .clone()
+async fn serve(
+    cfg: Config,
+    base_dir: Option<PathBuf>,
+    args: RunArgs,
+    token: Option<String>,
+    logging: Arc<Logging>,
+) -> anyhow::Result<()> {
+    let base = base_dir
         .or_else(|| cfg.manager.base_directory.clone())
         .unwrap_or_else(default_base_dir);
-    std::fs::create_dir_all(&base)
+    create_private_dir(&base)
         .with_context(|| format!("cannot create base directory {}", base.display()))?;
     let base = base.canonicalize().unwrap_or(base);
     let _lock = ManagerLock::acquire(&base.join("manager.lock"))?;
@@ -221,6 +268,11 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
     } else {
         base.join(&cfg.log_collection.directory)
     };
+    // Made here first so that they are 0750: the manager only creates what is missing.
+    for dir in [&log_dir, &base.join("pids")] {
+        create_private_dir(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
     let listen = ListenSettings {
         bind: cfg.manager.bind,
         port: args.port.unwrap_or(cfg.manager.port),
@@ -235,7 +287,10 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
     };
     let manager = ProcessManager::new(options, journal.clone())?;
     let facade = ManagerFacade::new(manager.clone(), journal.clone(), cfg.source.clone());
-    let state = ApiState::new(facade.clone(), token.map(Into::into));
+    facade.set_running_config(&cfg, token.is_some());
+    facade.on_log_level(logging.level_setter());
+    let state = ApiState::new(facade.clone(), token.map(Into::into))
+        .with_log_write_failures(logging.failures());
     // Listeners first: a port in use fails the start before any process runs.
     let server = hsu_api::server::start(state, listen).await?;
     tracing::info!(
@@ -257,9 +312,7 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
     let signals = Signals::install()?;
     manager.launch(cfg.processes).await;
 
-    let reason = signals
-        .wait_for_shutdown(&manager, &cfg.source, args.run_duration)
-        .await;
+    let reason = signals.wait_for_shutdown(&facade, args.run_duration).await;
     tracing::info!("shutting down: {reason}");
     facade.shutdown(&reason).await;
     server.stop().await;
@@ -269,7 +322,9 @@ async fn serve(cfg: Config, args: RunArgs, token: Option<String>) -> anyhow::Res
     Ok(())
 }
 
-/// The API token: `HSU_API_TOKEN` overrides the content of `api_token_file`.
+/// The API token: `HSU_API_TOKEN` overrides the content of `api_token_file`. A token file
+/// that users other than its owner may read or write is refused: the token would not be
+/// a secret.
 fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     if let Ok(t) = std::env::var("HSU_API_TOKEN") {
         if !t.trim().is_empty() {
@@ -281,6 +336,20 @@ fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     };
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read api_token_file {}", file.display()))?;
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(file)
+            .with_context(|| format!("cannot read api_token_file {}", file.display()))?
+            .permissions()
+            .mode()
+    };
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "api_token_file {} is accessible to users other than its owner (mode {:04o}); restrict it with `chmod 600 {}`",
+        file.display(),
+        mode & 0o7777,
+        file.display()
+    );
     let token = text.trim();
     anyhow::ensure!(
         !token.is_empty(),
@@ -308,11 +377,10 @@ impl Signals {
     }
 
     /// Resolves with the reason once the manager should stop; reloads the config on
-    /// SIGHUP.
+    /// SIGHUP (as `POST /api/v1/reload` does).
     async fn wait_for_shutdown(
         mut self,
-        manager: &ProcessManager,
-        config_path: &Path,
+        facade: &ManagerFacade,
         run_duration: Option<f64>,
     ) -> String {
         let limit = async {
@@ -329,15 +397,23 @@ impl Signals {
                 _ = self.term.recv() => return "SIGTERM".into(),
                 _ = self.int.recv() => return "SIGINT".into(),
                 () = &mut limit => return "--run-duration elapsed".into(),
-                reason = manager.shutdown_requested() => return reason,
-                _ = self.hup.recv() => match manager.reload_from_file(config_path).await {
-                    Ok(diff) => tracing::info!(
-                        "SIGHUP: config reloaded (added {:?}, removed {:?}, changed {:?})",
-                        diff.added, diff.removed, diff.changed
+                reason = facade.shutdown_requested() => return reason,
+                _ = self.hup.recv() => match facade.reload().await {
+                    Ok(outcome) => {
+                        let diff = &outcome.diff;
+                        tracing::info!(
+                            "SIGHUP: config reloaded (added {:?}, removed {:?}, changed {:?})",
+                            diff.added, diff.removed, diff.changed
+                        );
+                        for change in &outcome.needs_restart {
+                            tracing::warn!("SIGHUP: {change} needs a manager restart to take effect");
+                        }
+                    }
+                    Err(ReloadError::Invalid { path, problems }) => tracing::error!(
+                        "SIGHUP: {} is invalid; the old config keeps running:\n{problems}",
+                        path.display()
                     ),
-                    Err(problems) => tracing::error!(
-                        "SIGHUP: config not reloaded, the old one keeps running:\n{problems}"
-                    ),
+                    Err(e) => tracing::error!("SIGHUP: {e}"),
                 },
             }
         }

@@ -205,6 +205,9 @@ fn status(e: ServiceError) -> Status {
     match e {
         ServiceError::Control(c) => control_status(c),
         ServiceError::Invalid(message) => Status::invalid_argument(message),
+        ServiceError::InvalidConfig { message, problems } if problems.is_empty() => {
+            Status::invalid_argument(message)
+        }
         ServiceError::InvalidConfig { message, problems } => {
             Status::invalid_argument(format!("{message}:\n{}", problems.join("\n")))
         }
@@ -319,6 +322,8 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
             removed: diff.removed,
             changed: diff.changed,
             unchanged: diff.unchanged,
+            applied_settings: diff.applied_settings,
+            needs_restart: diff.needs_restart,
         }))
     }
 

@@ -274,7 +274,8 @@ pub(crate) async fn openapi_json() -> Response {
     responses(
         (status = 200, description = "The applied difference", body = ReloadResult),
         (status = 401, description = "Missing or wrong token", body = ApiError),
-        (status = 422, description = "The config is invalid (every problem in `problems`); the running config is unchanged", body = ApiError)))]
+        (status = 422, description = "The config is invalid (every problem in `problems`), or binds a non-loopback address without an API token; the running config is unchanged", body = ApiError),
+        (status = 503, description = "The manager is shutting down", body = ApiError)))]
 pub(crate) async fn reload(State(s): State<HttpState>) -> Result<Json<ReloadResult>, ApiFailure> {
     Ok(Json(s.api.reload().await?))
 }
@@ -347,9 +348,10 @@ pub(crate) async fn start_process(
 /// Stops a process; answers once nothing of its tree is left. `force=true` SIGKILLs the
 /// whole tree at once (and ends a graceful stop already in progress).
 #[utoipa::path(post, path = "/api/v1/processes/{id}/stop", tag = "processes",
+    request_body(content = Option<ForceBody>, content_type = "application/json", description = "Optional; `force` as in the query"),
     params(
         ("id" = String, Path, description = "Process id"),
-        ("force" = Option<bool>, Query, description = "Kill the whole tree now (SIGKILL) instead of stopping it gracefully")),
+        ("force" = Option<bool>, Query, description = "Kill the whole tree now (SIGKILL) instead of stopping it gracefully (or send `{\"force\": true}` as the body)")),
     responses(
         (status = 202, description = "Stopped; the process as it is now", body = Accepted),
         (status = 400, description = "Bad query", body = ApiError),
@@ -361,9 +363,52 @@ pub(crate) async fn stop_process(
     State(s): State<HttpState>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<ForceQuery>, QueryRejection>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
-    let force = flag("force", query(q)?.force.as_deref())?;
+    let force = force(q, &body)?;
     control(s, id, Action::Stop { force }).await
+}
+
+/// `force` of stop and restart: `?force=true`, or a JSON body `{"force": true}` (either
+/// one set is enough). A body that is not an object with at most a boolean `force` is
+/// refused rather than ignored.
+fn force(q: Result<Query<ForceQuery>, QueryRejection>, body: &[u8]) -> Result<bool, ApiFailure> {
+    let in_query = flag("force", query(q)?.force.as_deref())?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(in_query);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiFailure::invalid(format!("the request body is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(ApiFailure::invalid(
+            "the request body must be a JSON object such as {\"force\": true}",
+        ));
+    };
+    let mut in_body = false;
+    for (key, value) in fields {
+        match (key.as_str(), value) {
+            ("force", serde_json::Value::Bool(b)) => in_body = b,
+            ("force", other) => {
+                return Err(ApiFailure::invalid(format!(
+                    "`force` in the request body must be true or false, not {other}"
+                )))
+            }
+            (other, _) => {
+                return Err(ApiFailure::invalid(format!(
+                    "unknown field `{other}` in the request body (only `force` is accepted)"
+                )))
+            }
+        }
+    }
+    Ok(in_query || in_body)
+}
+
+/// The optional body of stop and restart.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct ForceBody {
+    /// The same as `?force=true`.
+    #[allow(dead_code)]
+    force: Option<bool>,
 }
 
 /// `?force=...` of stop and restart.
@@ -374,9 +419,10 @@ pub(crate) struct ForceQuery {
 
 /// Stops (if running) and starts a process; `force=true` ignores an open circuit breaker.
 #[utoipa::path(post, path = "/api/v1/processes/{id}/restart", tag = "processes",
+    request_body(content = Option<ForceBody>, content_type = "application/json", description = "Optional; `force` as in the query"),
     params(
         ("id" = String, Path, description = "Process id"),
-        ("force" = Option<bool>, Query, description = "Restart even while the circuit breaker is open")),
+        ("force" = Option<bool>, Query, description = "Restart even while the circuit breaker is open (or send `{\"force\": true}` as the body)")),
     responses(
         (status = 202, description = "Restarted; the process as it is now", body = Accepted),
         (status = 400, description = "Bad query", body = ApiError),
@@ -388,8 +434,9 @@ pub(crate) async fn restart_process(
     State(s): State<HttpState>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<ForceQuery>, QueryRejection>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
-    let force = flag("force", query(q)?.force.as_deref())?;
+    let force = force(q, &body)?;
     control(s, id, Action::Restart { force }).await
 }
 

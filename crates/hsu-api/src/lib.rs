@@ -29,6 +29,7 @@
 //! - [`client`] is the typed client of the JSON API; [`model`] the bodies both sides share.
 
 pub mod client;
+mod conn;
 pub mod grpc;
 mod http;
 mod metrics;

@@ -13,7 +13,8 @@
 //!
 //! The manager: `hsu_manager_resident_memory_bytes`, `hsu_manager_cpu_seconds_total`,
 //! `hsu_manager_open_fds`, `hsu_manager_start_time_seconds`, and the event journal's
-//! `hsu_journal_write_failures_total`. The API:
+//! `hsu_journal_write_failures_total`, and `hsu_manager_log_write_failures_total` (its own
+//! log lines dropped or not written to stderr). The API:
 //! `hsu_api_requests_total{protocol="http"|"grpc"}`, `hsu_api_unauthorized_total`,
 //! `hsu_api_client_errors_total`.
 
@@ -144,6 +145,12 @@ pub(crate) fn render(api: &ApiState) -> String {
         "counter",
         "Event journal lines that could not be written (full disk, removed directory, writer too far behind).",
         Some(manager.journal_write_failures() as f64),
+    );
+    out.single(
+        "hsu_manager_log_write_failures_total",
+        "counter",
+        "Lines of the manager's own log (stderr) dropped or not written (a dead or stalled reader).",
+        Some(api.log_write_failures.load(Ordering::Relaxed) as f64),
     );
 
     let metrics = &api.metrics;

@@ -299,6 +299,15 @@ pub struct ReloadResult {
     pub changed: Vec<String>,
     /// Processes left alone (same PID).
     pub unchanged: Vec<String>,
+    /// Manager-wide settings the reload changed and applied (`log_level`), each
+    /// `key: old -> new`. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_settings: Vec<String>,
+    /// Manager-wide settings the reload changed that need a manager restart to take effect
+    /// (port, bind, base directory, token file, ...), each `key: old -> new`; until then
+    /// the old values stay in effect. Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
 }
 
 /// `2026-11-26T05:02:58.873Z`: RFC 3339, UTC, milliseconds.

@@ -6,6 +6,7 @@
 //! token checked), then goes to the gRPC router when its content type is
 //! `application/grpc`, else to the JSON router.
 
+use crate::conn::GuardedIo;
 use crate::http::ApiFailure;
 use crate::ApiState;
 use crate::ListenSettings;
@@ -30,8 +31,16 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// How long a stop waits for requests in flight before cutting their connections.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// A client has this long to send a request's head (HTTP/1).
+/// A client has this long to send a request's head (HTTP/1), the first request's as well
+/// as each next one's on a kept-alive connection: an idle HTTP/1 connection is closed
+/// after it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP/2 connection is pinged after this long without a frame, and closed when the
+/// ping is not answered within [`H2_PING_TIMEOUT`].
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest Unix socket path the kernel takes (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// Why the control API could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -42,23 +51,30 @@ pub enum ServerError {
     /// An API token is configured but empty.
     #[error("the API token is empty")]
     EmptyToken,
-    /// A listener (TCP port or Unix socket) could not be opened.
-    #[error("cannot listen on {address}: {source}")]
+    /// A listener (TCP port or Unix socket) could not be opened. (The OS error is part of
+    /// the message, so it is not repeated as a `source`.)
+    #[error("cannot listen on {address}: {}", describe_io(.cause))]
     Listen {
         /// The TCP address or socket path.
         address: String,
         /// The operating system's error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
+    },
+    /// The Unix socket's path is longer than the kernel accepts.
+    #[error("cannot listen on unix:{}: the path is {len} bytes long, and a Unix socket path may have at most {MAX_SOCKET_PATH}; choose a shorter base directory", .path.display())]
+    SocketPathTooLong {
+        /// The socket path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
     },
     /// The `api.addr` file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {}: {}", .path.display(), describe_io(.cause))]
     AddressFile {
         /// The file's path.
         path: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -118,23 +134,30 @@ pub async fn start(state: ApiState, listen: ListenSettings) -> Result<RunningSer
     let tcp_address = SocketAddr::new(listen.bind, listen.port);
     let tcp = TcpListener::bind(tcp_address)
         .await
-        .map_err(|source| ServerError::Listen {
+        .map_err(|cause| ServerError::Listen {
             address: tcp_address.to_string(),
-            source,
+            cause,
         })?;
-    let local_addr = tcp.local_addr().map_err(|source| ServerError::Listen {
+    let local_addr = tcp.local_addr().map_err(|cause| ServerError::Listen {
         address: tcp_address.to_string(),
-        source,
+        cause,
     })?;
-    let unix = bind_socket(&listen.socket_path).map_err(|source| ServerError::Listen {
+    let socket_len = listen.socket_path.as_os_str().len();
+    if socket_len > MAX_SOCKET_PATH {
+        return Err(ServerError::SocketPathTooLong {
+            path: listen.socket_path,
+            len: socket_len,
+        });
+    }
+    let unix = bind_socket(&listen.socket_path).map_err(|cause| ServerError::Listen {
         address: format!("unix:{}", listen.socket_path.display()),
-        source,
+        cause,
     })?;
-    if let Err(source) = write_atomic(&listen.addr_file, format!("{local_addr}\n").as_bytes()) {
+    if let Err(cause) = write_atomic(&listen.addr_file, format!("{local_addr}\n").as_bytes()) {
         let _ = std::fs::remove_file(&listen.socket_path);
         return Err(ServerError::AddressFile {
             path: listen.addr_file,
-            source,
+            cause,
         });
     }
     tracing::info!(
@@ -341,7 +364,13 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    // Telling HTTP/1 from HTTP/2 waits for the first bytes, before hyper's own timeouts.
+    let io = GuardedIo::new(io, crate::conn::FIRST_BYTE_TIMEOUT);
     let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
     tokio::pin!(connection);
     let finished = tokio::select! {
@@ -357,6 +386,16 @@ where
     };
     if let Err(e) = result {
         tracing::debug!("control API connection: {e}");
+    }
+}
+
+/// The OS error in words, once: "address already in use (os error 98)".
+fn describe_io(e: &io::Error) -> String {
+    let text = e.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 

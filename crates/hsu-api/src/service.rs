@@ -172,11 +172,17 @@ impl ApiState {
     pub async fn reload(&self) -> Result<ReloadResult, ServiceError> {
         let manager = self.manager.clone();
         match run_to_completion(async move { manager.reload().await }).await? {
-            Ok(diff) => Ok(ReloadResult {
-                added: diff.added,
-                removed: diff.removed,
-                changed: diff.changed,
-                unchanged: diff.unchanged,
+            Ok(outcome) => Ok(ReloadResult {
+                added: outcome.diff.added,
+                removed: outcome.diff.removed,
+                changed: outcome.diff.changed,
+                unchanged: outcome.diff.unchanged,
+                applied_settings: outcome.applied.iter().map(ToString::to_string).collect(),
+                needs_restart: outcome
+                    .needs_restart
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             }),
             Err(ReloadError::Invalid { path, problems }) => Err(ServiceError::InvalidConfig {
                 message: format!(
@@ -187,6 +193,10 @@ impl ApiState {
                 problems: problems.0.iter().map(ToString::to_string).collect(),
             }),
             Err(e @ ReloadError::ShuttingDown) => Err(ServiceError::Unavailable(e.to_string())),
+            Err(e @ ReloadError::Refused(_)) => Err(ServiceError::InvalidConfig {
+                message: e.to_string(),
+                problems: Vec::new(),
+            }),
             Err(e @ ReloadError::Interrupted) => Err(ServiceError::Internal(e.to_string())),
         }
     }

@@ -16,6 +16,9 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// Request counters for `/metrics`.
     pub metrics: Arc<ApiMetrics>,
+    /// Lines of the manager's own log that were dropped or not written, kept by whoever
+    /// writes that log (the binary); shown in `/metrics`.
+    pub log_write_failures: Arc<AtomicU64>,
 }
 
 impl ApiState {
@@ -25,7 +28,14 @@ impl ApiState {
             manager,
             token,
             metrics: Arc::new(ApiMetrics::default()),
+            log_write_failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same state, showing `counter` as the manager's log write failures.
+    pub fn with_log_write_failures(mut self, counter: Arc<AtomicU64>) -> ApiState {
+        self.log_write_failures = counter;
+        self
     }
 }
 

@@ -98,9 +98,12 @@ impl CaptureFiles {
         self.dir.join(format!("{id}.{stream}.log"))
     }
 
-    /// The capture file opened (created if needed) for appending, to hand to a child.
+    /// The capture file opened (created if needed) for appending, to hand to a child. A new
+    /// file is 0640 (before the umask): output often holds what only its owner should read.
     pub fn open_append(&self, id: &str, stream: Stream) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
+            .mode(0o640)
             .create(true)
             .append(true)
             .open(self.path(id, stream))
@@ -247,6 +250,19 @@ async fn send_new_bytes(file: &mut tokio::fs::File, tx: &mpsc::Sender<Bytes>) ->
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn new_capture_files_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = CaptureFiles::new(dir.path());
+        files.open_append("p", Stream::Stdout).unwrap();
+        let mode = std::fs::metadata(files.path("p", Stream::Stdout))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o007, 0, "mode {mode:o}");
+    }
 
     fn tail_of(content: &[u8], lines: usize) -> String {
         let dir = tempfile::tempdir().unwrap();

@@ -509,8 +509,12 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Opens the journal for appending; a new file is 0640 (before the umask): the events
+/// name processes, commands and errors, not for every user of the machine.
 fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
+        .mode(0o640)
         .create(true)
         .append(true)
         .read(true)
@@ -595,6 +599,17 @@ mod tests {
             max_files: 3,
             recent_events: 4,
         }
+    }
+
+    #[test]
+    fn a_new_journal_is_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let j = Journal::open(&path).unwrap();
+        j.append(None, exited());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0, "mode {mode:o}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why `manager.lock` could not be taken.
@@ -42,6 +43,7 @@ impl ManagerLock {
             source,
         };
         let mut file = OpenOptions::new()
+            .mode(0o640)
             .create(true)
             .truncate(false)
             .read(true)

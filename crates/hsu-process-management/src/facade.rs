@@ -10,7 +10,7 @@
 //! [`ProcessManager`]. Errors are typed ([`ControlError`], [`LogError`], [`ReloadError`]);
 //! a caller maps variants, never message text.
 
-use crate::config::ConfigErrors;
+use crate::config::{Config, ConfigErrors, ManagerSettings};
 use crate::{ProcessManager, ReloadDiff};
 use bytes::Bytes;
 use hsu_log_collection::CaptureFiles;
@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc};
 
@@ -43,6 +43,52 @@ struct Inner {
     /// Set by [`ManagerFacade::request_shutdown`] and [`ManagerFacade::shutdown`]: no
     /// control request is taken after it.
     shutting_down: AtomicBool,
+    /// The manager-wide settings in effect, compared with each reloaded config.
+    running: Mutex<Option<RunningSettings>>,
+    /// Applies a reloaded `log_level` (set by the binary, which owns the log).
+    log_level: Mutex<Option<LevelSetter>>,
+}
+
+/// Applies a log level: `Ok(true)` applied, `Ok(false)` kept by an override.
+type LevelSetter = Box<dyn Fn(&str) -> Result<bool, String> + Send + Sync>;
+
+/// What the running manager was started with, as far as a reload can compare it.
+#[derive(Debug, Clone)]
+struct RunningSettings {
+    manager: ManagerSettings,
+    log_directory: PathBuf,
+    /// An API token is in effect (from `HSU_API_TOKEN` or the token file).
+    token: bool,
+}
+
+/// A manager-wide setting that a reloaded config changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingChange {
+    /// The config key, e.g. `process_manager.port`.
+    pub key: &'static str,
+    /// The value in effect.
+    pub from: String,
+    /// The value in the reloaded config.
+    pub to: String,
+}
+
+impl std::fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.from, self.to)
+    }
+}
+
+/// What a reload did: the processes it changed, and the manager-wide settings it applied
+/// or could not apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Processes added, removed, changed and left alone.
+    pub diff: ReloadDiff,
+    /// Changed settings now in effect (`log_level`, informational metadata).
+    pub applied: Vec<SettingChange>,
+    /// Changed settings that take effect only when the manager restarts (port, bind,
+    /// base directory, token file, timeouts, journal rotation, log directory).
+    pub needs_restart: Vec<SettingChange>,
 }
 
 /// One process: its status, its definition and what its health checks found, read together.
@@ -104,6 +150,10 @@ pub enum ReloadError {
     /// The manager is shutting down and takes no reload.
     #[error("the manager is shutting down; the config was not reloaded")]
     ShuttingDown,
+    /// The config is valid on its own but this manager must not run it (e.g. a
+    /// non-loopback `bind` without an API token); nothing changed.
+    #[error("{0}; the running config is unchanged")]
+    Refused(String),
     /// The reload task ended without an answer (the runtime is shutting down).
     #[error("the reload was interrupted")]
     Interrupted,
@@ -171,8 +221,29 @@ impl ManagerFacade {
                 config_path: config_path.into(),
                 started_at: SystemTime::now(),
                 shutting_down: AtomicBool::new(false),
+                running: Mutex::new(None),
+                log_level: Mutex::new(None),
             }),
         }
+    }
+
+    /// Records the config the manager runs with (and whether an API token is in effect),
+    /// so that a reload can say which manager-wide changes need a restart.
+    pub fn set_running_config(&self, config: &Config, token: bool) {
+        *lock(&self.inner.running) = Some(RunningSettings {
+            manager: config.manager.clone(),
+            log_directory: config.log_collection.directory.clone(),
+            token,
+        });
+    }
+
+    /// Sets what applies a reloaded `log_level`: it returns `Ok(true)` when applied,
+    /// `Ok(false)` when an override (`RUST_LOG`, `--debug`) keeps the level.
+    pub fn on_log_level(
+        &self,
+        apply: impl Fn(&str) -> Result<bool, String> + Send + Sync + 'static,
+    ) {
+        *lock(&self.inner.log_level) = Some(Box::new(apply));
     }
 
     /// The config file a reload re-reads.
@@ -237,19 +308,86 @@ impl ManagerFacade {
     }
 
     /// Re-reads the config file and applies the difference; an invalid file changes nothing.
-    pub async fn reload(&self) -> Result<ReloadDiff, ReloadError> {
+    /// Manager-wide settings that cannot change while the manager runs are reported in
+    /// [`ReloadOutcome::needs_restart`], not applied; `log_level` applies live.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         if self.is_shutting_down() {
             return Err(ReloadError::ShuttingDown);
         }
         let path = &self.inner.config_path;
-        self.inner
-            .manager
-            .reload_from_file(path)
-            .await
-            .map_err(|problems| ReloadError::Invalid {
-                path: path.clone(),
-                problems,
-            })
+        let config = crate::config::load_file(path).map_err(|problems| ReloadError::Invalid {
+            path: path.clone(),
+            problems,
+        })?;
+        let running = lock(&self.inner.running).clone();
+        if let Some(running) = &running {
+            let bind = config.manager.bind;
+            let token = running.token || config.manager.api_token_file.is_some();
+            if !bind.is_loopback() && !token {
+                return Err(ReloadError::Refused(format!(
+                    "{}: process_manager.bind {bind} is not a loopback address and no API token is configured (process_manager.api_token_file or HSU_API_TOKEN)",
+                    path.display()
+                )));
+            }
+        }
+        // Checked again: a shutdown that began while the file was read takes no reload.
+        if self.is_shutting_down() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let mut outcome = ReloadOutcome::default();
+        if let Some(running) = running {
+            outcome.needs_restart = restart_only_changes(&running, &config);
+            outcome.applied = self.apply_live_settings(&running.manager, &config.manager);
+        }
+        let diff = self.inner.manager.reload(config.processes).await;
+        if self.is_shutting_down() && diff == ReloadDiff::default() {
+            // The manager was already stopping its processes: nothing was applied.
+            return Err(ReloadError::ShuttingDown);
+        }
+        outcome.diff = diff;
+        Ok(outcome)
+    }
+
+    /// Applies the settings that can change live and records them as running.
+    fn apply_live_settings(
+        &self,
+        old: &ManagerSettings,
+        new: &ManagerSettings,
+    ) -> Vec<SettingChange> {
+        let mut applied = Vec::new();
+        if old.log_level != new.log_level {
+            let change = SettingChange {
+                key: "process_manager.log_level",
+                from: old.log_level.as_str().into(),
+                to: new.log_level.as_str().into(),
+            };
+            let result = match lock(&self.inner.log_level).as_ref() {
+                Some(apply) => apply(new.log_level.as_str()),
+                None => Ok(false),
+            };
+            match result {
+                Ok(true) => applied.push(change),
+                Ok(false) => tracing::info!(
+                    "{change}: kept the current level (RUST_LOG or --debug chose it)"
+                ),
+                Err(e) => tracing::warn!("{change}: {e}"),
+            }
+        }
+        if old.profile_type != new.profile_type || old.metadata != new.metadata {
+            applied.push(SettingChange {
+                key: "metadata",
+                from: format!("{:?} {:?}", old.profile_type, old.metadata),
+                to: format!("{:?} {:?}", new.profile_type, new.metadata),
+            });
+        }
+        if let Some(running) = lock(&self.inner.running).as_mut() {
+            if applied.iter().any(|c| c.key == "process_manager.log_level") {
+                running.manager.log_level = new.log_level;
+            }
+            running.manager.profile_type = new.profile_type.clone();
+            running.manager.metadata = new.metadata.clone();
+        }
+        applied
     }
 
     /// Asks whoever runs the manager to shut it down; control requests are refused from now.
@@ -375,6 +513,73 @@ impl ManagerFacade {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The manager-wide settings that differ between `running` and `new` and apply only at
+/// the next start of the manager.
+fn restart_only_changes(running: &RunningSettings, new: &Config) -> Vec<SettingChange> {
+    let (old, new_m) = (&running.manager, &new.manager);
+    let mut changes = Vec::new();
+    let mut check = |key: &'static str, from: String, to: String| {
+        if from != to {
+            changes.push(SettingChange { key, from, to });
+        }
+    };
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "(default)".to_owned(), |p| p.display().to_string())
+    };
+    check(
+        "process_manager.port",
+        old.port.to_string(),
+        new_m.port.to_string(),
+    );
+    check(
+        "process_manager.bind",
+        old.bind.to_string(),
+        new_m.bind.to_string(),
+    );
+    check(
+        "process_manager.base_directory",
+        path(&old.base_directory),
+        path(&new_m.base_directory),
+    );
+    check(
+        "process_manager.api_token_file",
+        path(&old.api_token_file),
+        path(&new_m.api_token_file),
+    );
+    check(
+        "process_manager.force_shutdown_timeout",
+        format!("{:?}", old.force_shutdown_timeout),
+        format!("{:?}", new_m.force_shutdown_timeout),
+    );
+    check(
+        "process_manager.resource_sample_interval",
+        format!("{:?}", old.resource_sample_interval),
+        format!("{:?}", new_m.resource_sample_interval),
+    );
+    check(
+        "process_manager.event_journal",
+        format!(
+            "max_size {} max_files {}",
+            old.event_journal.max_size, old.event_journal.max_files
+        ),
+        format!(
+            "max_size {} max_files {}",
+            new_m.event_journal.max_size, new_m.event_journal.max_files
+        ),
+    );
+    check(
+        "log_collection.directory",
+        running.log_directory.display().to_string(),
+        new.log_collection.directory.display().to_string(),
+    );
+    changes
+}
+
 fn view(status: ProcessStatus, definition: Arc<ProcessDefinition>) -> ProcessView {
     // `process` (liveness) is the one check there is: the verdict follows the state.
     let health = hsu_monitoring::liveness(status.state);
@@ -427,6 +632,53 @@ mod tests {
         );
         assert!(matches!(f.reload().await, Err(ReloadError::ShuttingDown)));
         assert_eq!(f.shutdown_requested().await, "test");
+        f.shutdown("test").await;
+    }
+
+    #[tokio::test]
+    async fn reload_reports_settings_that_need_a_restart_and_refuses_an_open_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = facade(dir.path()).await;
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 0\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        f.set_running_config(&crate::config::load_file(&path).unwrap(), false);
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        f.on_log_level(move |l| {
+            seen.lock().unwrap().push(l.to_owned());
+            Ok(true)
+        });
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 4000\n  log_level: debug\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        let outcome = f.reload().await.unwrap();
+        let keys: Vec<_> = outcome.needs_restart.iter().map(|c| c.key).collect();
+        assert_eq!(keys, ["process_manager.port"]);
+        assert_eq!(
+            outcome.needs_restart[0].to_string(),
+            "process_manager.port: 0 -> 4000"
+        );
+        assert_eq!(outcome.applied.len(), 1, "{:?}", outcome.applied);
+        assert_eq!(*levels.lock().unwrap(), ["debug"]);
+        // Still pending on the next reload: the port in effect has not changed.
+        let again = f.reload().await.unwrap();
+        assert_eq!(again.needs_restart.len(), 1);
+        assert!(again.applied.is_empty());
+
+        std::fs::write(
+            &path,
+            "process_manager:\n  port: 0\n  bind: 0.0.0.0\nmanaged_processes: []\n",
+        )
+        .unwrap();
+        let e = f.reload().await.unwrap_err();
+        assert!(matches!(e, ReloadError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("0.0.0.0"), "{e}");
         f.shutdown("test").await;
     }
 

@@ -183,6 +183,8 @@ fn api_token_file_and_env_override() {
     let run = TestRun::new("e2e-test-api-token-file");
     let file = run.path("token");
     std::fs::write(&file, "from-the-file\n").unwrap();
+    // Owner-only: a token file others can read is refused (test_hardening.rs).
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = forever("svc").replace(
         "process_manager:\n",
         &format!(

@@ -217,9 +217,9 @@ fn an_invalid_config_is_reported_and_changes_nothing() {
     );
     assert_unchanged(&pm, "after POST /api/v1/reload");
 
-    // The CLI: exit 1 and every problem on stderr.
+    // The CLI: exit 2 (a config error, as the README says) and every problem on stderr.
     let out = pm.cli(&["reload"]);
-    out.expect_code(1);
+    out.expect_code(2);
     for p in &problems {
         assert!(
             out.stderr.contains(p),
