@@ -13,7 +13,8 @@
 //!
 //! The manager: `hsu_manager_resident_memory_bytes`, `hsu_manager_cpu_seconds_total`,
 //! `hsu_manager_open_fds`, `hsu_manager_start_time_seconds`, and the event journal's
-//! `hsu_journal_write_failures_total`, and `hsu_manager_log_write_failures_total` (its own
+//! `hsu_journal_write_failures_total`, `hsu_state_write_failures_total` (PID files and
+//! `state.json`), and `hsu_manager_log_write_failures_total` (its own
 //! log lines dropped or not written to stderr). The API:
 //! `hsu_api_requests_total{protocol="http"|"grpc"}`, `hsu_api_unauthorized_total`,
 //! `hsu_api_client_errors_total`.
@@ -145,6 +146,12 @@ pub(crate) fn render(api: &ApiState) -> String {
         "counter",
         "Event journal lines that could not be written (full disk, removed directory, writer too far behind).",
         Some(manager.journal_write_failures() as f64),
+    );
+    out.single(
+        "hsu_state_write_failures_total",
+        "counter",
+        "Writes of PID files and state.json that failed (full disk, removed directory).",
+        Some(manager.state_write_failures() as f64),
     );
     out.single(
         "hsu_manager_log_write_failures_total",

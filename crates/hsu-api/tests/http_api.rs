@@ -443,6 +443,7 @@ async fn routes_answer_with_the_documented_statuses() {
         "hsu_manager_open_fds",
         "hsu_manager_start_time_seconds",
         "hsu_journal_write_failures_total",
+        "hsu_state_write_failures_total",
         "hsu_process_circuit_open",
         "hsu_process_circuit_half_open",
         "hsu_api_requests_total",
@@ -460,6 +461,7 @@ async fn routes_answer_with_the_documented_statuses() {
     assert!(text.contains("hsu_process_circuit_open{id=\"a\"} 0\n"));
     assert!(text.contains("hsu_process_circuit_half_open{id=\"a\"} 0\n"));
     assert!(text.contains("hsu_journal_write_failures_total 0\n"));
+    assert!(text.contains("hsu_state_write_failures_total 0\n"));
     let requests = text
         .lines()
         .find_map(|l| l.strip_prefix("hsu_api_requests_total{protocol=\"http\"} "))

@@ -498,6 +498,11 @@ impl ManagerFacade {
         }
     }
 
+    /// How many writes of PID files and `state.json` have failed so far.
+    pub fn state_write_failures(&self) -> u64 {
+        self.inner.manager.file_write_failures()
+    }
+
     /// Journal lines that could not be written since the manager started.
     pub fn journal_write_failures(&self) -> u64 {
         self.inner.journal.write_failures()

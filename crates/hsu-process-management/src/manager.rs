@@ -200,6 +200,12 @@ impl ProcessManager {
             })
     }
 
+    /// How many writes of PID files, `.port` files and `state.json` have failed (a full
+    /// disk, a removed directory).
+    pub fn file_write_failures(&self) -> u64 {
+        self.inner.ctx.writer.failures()
+    }
+
     /// The background writer of PID files and `state.json` (tests stall it).
     #[cfg(test)]
     pub(crate) fn file_writer(&self) -> &FileWriter {
