@@ -3,27 +3,38 @@
 //! An atomic write syncs the file to disk; on a busy or slow disk that takes
 //! milliseconds to seconds. Supervisors run on the async runtime's few worker threads, so
 //! a sync there would make every other process's supervisor wait behind it. Instead each
-//! write is queued to one thread of its own and carried out in the order it was queued;
-//! callers never wait. A failed write is logged and counted, never fatal.
+//! change is handed to one thread of its own; callers never wait. Changes to one path are
+//! coalesced: while a path waits its turn, a newer change replaces the older one, so a
+//! stalled disk holds at most one pending change per file, however busy the processes
+//! are, and the file always ends with the newest content. A failed write is logged and
+//! counted, never fatal.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
+
+/// The newest change waiting for one path.
+enum Change {
+    /// Write these bytes atomically.
+    Write(Vec<u8>),
+    /// Remove the file; one that is already gone is fine.
+    Remove,
+    /// Produce the bytes on the writer thread when the turn comes (the newest snapshot
+    /// of something that changes often); `None` writes nothing.
+    Snapshot(Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
+}
 
 enum Job {
-    /// Write `bytes` to `path` atomically.
-    Write { path: PathBuf, bytes: Vec<u8> },
-    /// Remove `path`; a file that is already gone is fine.
-    Remove { path: PathBuf },
-    /// Produce the bytes on the writer thread (the newest snapshot of something that
-    /// changes often), then write them atomically to `path`.
-    Snapshot {
-        path: PathBuf,
-        bytes: Box<dyn FnOnce() -> Option<Vec<u8>> + Send>,
-    },
+    /// `path` has a change waiting in `pending`.
+    Path(PathBuf),
     /// Everything queued before has been carried out.
     Flush(mpsc::SyncSender<()>),
+}
+
+struct Shared {
+    pending: Mutex<HashMap<PathBuf, Change>>,
+    failures: AtomicU64,
 }
 
 /// The sending side of the writer thread. Cheap to clone; the thread ends when the last
@@ -31,7 +42,7 @@ enum Job {
 #[derive(Clone)]
 pub struct FileWriter {
     jobs: mpsc::Sender<Job>,
-    failures: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -46,29 +57,42 @@ impl FileWriter {
     /// Starts the writer thread.
     pub fn start() -> std::io::Result<FileWriter> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let failures = Arc::new(AtomicU64::new(0));
-        let counted = failures.clone();
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            failures: AtomicU64::new(0),
+        });
+        let worker = shared.clone();
         std::thread::Builder::new()
             .name("hsu-file-writer".into())
             .spawn(move || {
                 for job in rx {
-                    if let Err((path, e)) = run(job) {
-                        counted.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("cannot write {}: {e}", path.display());
+                    match job {
+                        Job::Path(path) => {
+                            let change = lock(&worker.pending).remove(&path);
+                            if let Some(change) = change {
+                                if let Err(e) = carry_out(&path, change) {
+                                    worker.failures.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!("cannot write {}: {e}", path.display());
+                                }
+                            }
+                        }
+                        Job::Flush(done) => {
+                            let _ = done.send(());
+                        }
                     }
                 }
             })?;
-        Ok(FileWriter { jobs, failures })
+        Ok(FileWriter { jobs, shared })
     }
 
     /// Queues an atomic write of `bytes` to `path`.
     pub fn write(&self, path: PathBuf, bytes: Vec<u8>) {
-        self.send(Job::Write { path, bytes });
+        self.change(path, Change::Write(bytes));
     }
 
     /// Queues the removal of `path`.
     pub fn remove(&self, path: PathBuf) {
-        self.send(Job::Remove { path });
+        self.change(path, Change::Remove);
     }
 
     /// Queues a write whose bytes are produced on the writer thread when its turn comes
@@ -78,10 +102,7 @@ impl FileWriter {
         path: PathBuf,
         bytes: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
     ) {
-        self.send(Job::Snapshot {
-            path,
-            bytes: Box::new(bytes),
-        });
+        self.change(path, Change::Snapshot(Box::new(bytes)));
     }
 
     /// Blocks until everything queued so far has been carried out (for the end of a
@@ -95,32 +116,44 @@ impl FileWriter {
 
     /// How many queued writes have failed so far.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.shared.failures.load(Ordering::Relaxed)
     }
 
-    fn send(&self, job: Job) {
-        if self.jobs.send(job).is_err() {
+    /// How many files have a change waiting (at most one each).
+    pub fn pending(&self) -> usize {
+        lock(&self.shared.pending).len()
+    }
+
+    fn change(&self, path: PathBuf, change: Change) {
+        let mut pending = lock(&self.shared.pending);
+        // A path already waiting keeps its place in the queue and takes the newer change.
+        if pending.insert(path.clone(), change).is_none()
+            && self.jobs.send(Job::Path(path.clone())).is_err()
+        {
             // The thread is gone only if it panicked; nothing is written from now on.
-            self.failures.fetch_add(1, Ordering::Relaxed);
+            pending.remove(&path);
+            self.shared.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn run(job: Job) -> Result<(), (PathBuf, std::io::Error)> {
-    match job {
-        Job::Write { path, bytes } => crate::write_atomic(&path, &bytes).map_err(|e| (path, e)),
-        Job::Remove { path } => match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err((path, e)),
+fn lock(
+    pending: &Mutex<HashMap<PathBuf, Change>>,
+) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Change>> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn carry_out(path: &std::path::Path, change: Change) -> std::io::Result<()> {
+    match change {
+        Change::Write(bytes) => crate::write_atomic(path, &bytes),
+        Change::Remove => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         },
-        Job::Snapshot { path, bytes } => match bytes() {
-            Some(bytes) => crate::write_atomic(&path, &bytes).map_err(|e| (path, e)),
+        Change::Snapshot(bytes) => match bytes() {
+            Some(bytes) => crate::write_atomic(path, &bytes),
             None => Ok(()),
         },
-        Job::Flush(done) => {
-            let _ = done.send(());
-            Ok(())
-        }
     }
 }
 
@@ -145,5 +178,27 @@ mod tests {
         w.flush();
         assert_eq!(w.failures(), 1);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "4\n");
+    }
+
+    #[test]
+    fn a_stalled_disk_holds_one_change_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = FileWriter::start().unwrap();
+        let (release, stalled) = mpsc::channel::<()>();
+        w.snapshot(dir.path().join("stall"), move || {
+            let _ = stalled.recv();
+            None
+        });
+        let path = dir.path().join("svc.pid");
+        for pid in 0..10_000 {
+            w.write(path.clone(), format!("{pid}\n").into_bytes());
+            w.remove(path.clone());
+        }
+        w.write(path.clone(), b"last\n".to_vec());
+        assert!(w.pending() <= 2, "{} changes waiting", w.pending());
+        release.send(()).unwrap();
+        w.flush();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "last\n");
+        assert_eq!(w.pending(), 0);
     }
 }
