@@ -4,24 +4,38 @@
 //! signal thread (Ctrl-C, SIGTERM, SIGHUP) call [`kill_everything`] for the rest.
 
 use crate::procfs;
-use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 struct Owned {
     pid: Option<u32>,
     tag_prefix: String,
+    dir: Option<PathBuf>,
 }
 
 static LIVE: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
 
-/// Records a process group leader (`pid`) and the tag prefix of what it starts.
-pub fn register(pid: Option<u32>, tag_prefix: &str) {
+/// Records a process group leader (`pid`), the tag prefix of what it starts and the
+/// temporary directory to remove if the runner is interrupted.
+pub fn register(pid: Option<u32>, tag_prefix: &str, dir: Option<&Path>) {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(Owned {
         pid,
         tag_prefix: tag_prefix.to_string(),
+        dir: dir.map(Path::to_path_buf),
     });
+}
+
+fn registered_dirs() -> Vec<PathBuf> {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|o| o.dir.clone())
+        .collect()
 }
 
 /// Forgets `tag_prefix` once its owner has cleaned up.
@@ -68,27 +82,25 @@ pub fn kill_everything() {
     }
 }
 
-/// Installs the panic hook and the signal thread. Must run before any other thread is
-/// started: the signals are blocked in this thread, so every later thread inherits the
-/// mask and only the signal thread receives them. (`std::process::Command` resets the
-/// mask in the children it starts.)
+/// Installs the panic hook and the signal thread (Ctrl-C, SIGTERM, SIGHUP: kill
+/// everything, remove the temporary directories, exit 130). The signals are caught with
+/// handlers, not blocked, so the children the runner starts inherit no blocked mask.
 pub fn install() -> anyhow::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         kill_everything();
     }));
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGHUP);
-    signals.thread_block()?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Ok(signal) = signals.wait() {
-                eprintln!("hsu-bench: {signal}; killing every manager and child started");
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("hsu-bench: signal {signal}; killing every manager and child started");
                 kill_everything();
+                for dir in registered_dirs() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 std::process::exit(130);
             }
         })?;

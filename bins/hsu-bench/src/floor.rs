@@ -68,7 +68,7 @@ impl Floor {
         arguments: &[&str],
     ) -> anyhow::Result<(Floor, Duration)> {
         let tag_prefix = format!("hsu-bench-floor-{}-{}#", std::process::id(), unique());
-        cleanup::register(None, &tag_prefix);
+        cleanup::register(None, &tag_prefix, None);
         let shared = Arc::new(Shared {
             program: program.to_string(),
             arguments: arguments.iter().map(|a| a.to_string()).collect(),

@@ -12,7 +12,8 @@
 //!
 //! It must never leave a process behind: every manager runs in its own process group and
 //! tags its children (`HSU_PROCESS_TAG=<base>#<id>`), and `cleanup` kills both on
-//! drop, on panic and on Ctrl-C. Every wait polls with a deadline.
+//! drop, on panic and on Ctrl-C/SIGTERM (a SIGKILL of the runner itself cannot be
+//! caught; the tag still finds what it left). Every wait polls with a deadline.
 //!
 //! ```sh
 //! cargo run --release -p hsu-bench -- --n 200 --quick

@@ -91,7 +91,7 @@ impl Manager {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let pid = child.id();
-        cleanup::register(Some(pid), &tag_prefix);
+        cleanup::register(Some(pid), &tag_prefix, Some(&root));
         Ok(Manager {
             child,
             pid,
