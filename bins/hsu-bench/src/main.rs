@@ -239,7 +239,8 @@ fn manager_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
-/// A deadline scaled to N: generous, so only a hang trips it.
+/// A deadline from now scaled to N: generous, so only a hang trips it. Taken afresh for
+/// each wait, never across a measurement window.
 fn deadline_for(n: usize) -> Instant {
     Instant::now() + Duration::from_secs(30) + Duration::from_millis(50 * n as u64)
 }
@@ -253,11 +254,10 @@ fn baseline_rss(binary: &Path) -> anyhow::Result<f64> {
         fast_restart: true,
     };
     let mut m = Manager::spawn(binary, &work)?;
-    let deadline = deadline_for(0);
-    m.wait_all_running(0, Duration::from_millis(5), deadline)?;
+    m.wait_all_running(0, Duration::from_millis(5), deadline_for(0))?;
     std::thread::sleep(Duration::from_secs(1));
     let rss = procfs::vm_rss(m.pid()).context("the manager's VmRSS")? as f64;
-    m.stop(&[], deadline)?;
+    m.stop(&[], deadline_for(0))?;
     Ok(rss)
 }
 
@@ -298,7 +298,7 @@ fn manager_block(binary: &Path, n: usize, s: &Settings) -> anyhow::Result<Figure
     let rss_idle = procfs::vm_rss(pid).context("VmRSS")? as f64;
     out.push(("RSS after idle window", "MiB", rss_idle / MIB));
 
-    let addr = m.api(deadline)?;
+    let addr = m.api(deadline_for(n))?;
     let mut latencies = Vec::with_capacity(s.api_requests);
     for _ in 0..s.api_requests {
         let t = Instant::now();
@@ -355,7 +355,7 @@ fn manager_block(binary: &Path, n: usize, s: &Settings) -> anyhow::Result<Figure
     out.push((
         "stop N (SIGTERM → all gone)",
         "ms",
-        ms(m.stop(&children, deadline)?),
+        ms(m.stop(&children, deadline_for(n))?),
     ));
     Ok(out)
 }
@@ -453,8 +453,7 @@ fn churn_block(binary: &Path, s: &Settings) -> anyhow::Result<Figures> {
         fast_restart: true,
     };
     let mut m = Manager::spawn(binary, &work)?;
-    let deadline = deadline_for(s.churn_n) + s.churn;
-    m.api(deadline)?;
+    m.api(deadline_for(s.churn_n))?;
     std::thread::sleep(Duration::from_secs(2));
     let pid = m.pid();
     let journal = m.base.join("events.jsonl");
@@ -483,7 +482,7 @@ fn churn_block(binary: &Path, s: &Settings) -> anyhow::Result<Figures> {
         appended.len() as f64 / 1000.0 / window,
     ));
     let children = procfs::children_running(pid, SLEEP);
-    m.stop(&children, deadline + Duration::from_secs(30))?;
+    m.stop(&children, deadline_for(s.churn_n))?;
     Ok(out)
 }
 
