@@ -88,8 +88,11 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    // Before any thread starts: descriptors inherited from whoever launched the manager
-    // must not reach its children.
+    // Before any thread starts, undo what the launcher may have left: a blocked SIGTERM or
+    // SIGHUP must still reach the manager, and stray descriptors must not reach children.
+    if let Err(e) = hsu_process::unblock_signals() {
+        errln!("warning: cannot unblock signals inherited from the launcher: {e}");
+    }
     if let Err(e) = hsu_process::seal_inherited_fds() {
         errln!("warning: cannot mark inherited file descriptors close-on-exec: {e}");
     }

@@ -284,6 +284,14 @@ pub fn seal_inherited_fds() -> std::io::Result<()> {
     platform::seal_inherited_fds()
 }
 
+/// Empties the calling thread's signal mask. A manager launched by a program that blocks
+/// SIGTERM (a shell script's `trap`, a test runner, a service manager's helper) inherits
+/// the block, and would then never see the SIGTERM or SIGHUP meant for it. Call it first
+/// thing in `main`, before any thread is started, so every thread inherits the empty mask.
+pub fn unblock_signals() -> std::io::Result<()> {
+    platform::unblock_signals()
+}
+
 /// Sends `signal` to process group `root` and to every member of the tree (see
 /// [`tree_of`]) that left that group; returns the members as found before signalling.
 /// Does not wait: for a supervisor that starts a stop and watches it from a timer.
@@ -563,6 +571,23 @@ mod tests {
                 group: "no-such-group-hsu".into()
             }
         );
+    }
+
+    #[test]
+    fn a_blocked_mask_is_emptied() {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        std::thread::spawn(|| {
+            let mut blocked = SigSet::empty();
+            blocked.add(Signal::SIGTERM);
+            blocked.add(Signal::SIGHUP);
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None).unwrap();
+            let me = format!("/proc/self/task/{}/status", nix::unistd::gettid());
+            assert_ne!(blocked_mask(&me), 0);
+            unblock_signals().unwrap();
+            assert_eq!(blocked_mask(&me), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test]

@@ -552,6 +552,12 @@ pub fn is_subreaper() -> bool {
     SUBREAPER.load(Ordering::Relaxed)
 }
 
+pub fn unblock_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(std::io::Error::from)
+}
+
 pub fn seal_inherited_fds() -> std::io::Result<()> {
     // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing: it only sets the
     // close-on-exec flag of the descriptors in the range, and reads or writes no memory.

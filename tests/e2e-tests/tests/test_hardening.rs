@@ -473,3 +473,50 @@ fn reload_during_shutdown_is_unavailable() {
     expect_error("reload during shutdown", &resp, 503, "unavailable");
     pm.wait_exit(Duration::from_secs(40));
 }
+
+/// A manager launched with SIGTERM and SIGHUP blocked (a launcher's mask is inherited
+/// across exec) still hears them: SIGTERM ends it cleanly, at once.
+#[test]
+fn a_launcher_blocking_sigterm_does_not_deafen_the_manager() {
+    use std::os::unix::process::CommandExt;
+    let run = TestRun::new("hardening-blocked-signals");
+    run.write_config(&single_process_config("svc", &["--run-duration", "0"], ""));
+    let mut cmd = Command::new(&binaries().manager);
+    cmd.args(["--config", &run.config_path.display().to_string()])
+        .args(["--base-dir", &run.base_dir.display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&run.log_path).unwrap());
+    // SAFETY: between fork and exec only sigemptyset/sigaddset/sigprocmask run, which are
+    // async-signal-safe and allocate nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
+            if libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut manager: Child = cmd.spawn().unwrap();
+    let pid_file = run.pid_file("svc");
+    let child = wait_for_pid_file(&pid_file, SHORT);
+    send_signal(manager.id(), libc::SIGTERM);
+    let status = poll_until(Duration::from_secs(20), || {
+        manager.try_wait().ok().flatten()
+    });
+    let Some(status) = status else {
+        let _ = manager.kill();
+        let _ = manager.wait();
+        kill_tagged(&run.tag_prefix());
+        panic!(
+            "the manager ignored SIGTERM (blocked by its launcher):\n{}",
+            run.procman_log()
+        );
+    };
+    assert!(status.success(), "{status}");
+    assert!(!pid_alive(child), "svc outlived the manager");
+}
