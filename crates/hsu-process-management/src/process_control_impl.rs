@@ -543,7 +543,8 @@ impl Supervisor {
             Input::Timer => self.on_timer(now),
         }
         // A deadline the input made due (a forced stop, an exit that may have emptied
-        // the tree) is acted on at once.
+        // the tree, a restart with no delay) is acted on at once, not a timer tick later.
+        let now = Instant::now().max(now);
         if self.next_deadline().is_some_and(|at| at <= now) {
             self.on_timer(now);
         }

@@ -84,19 +84,13 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
         // Its own group, led by itself: the stop signal goes to the group.
         .process_group(0);
     // A signal the spawning thread blocks must not stay blocked in the child: a SIGTERM
-    // it never sees turns every stop into a SIGKILL after graceful_timeout.
-    // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: sigemptyset and pthread_sigmask are, and it
-    // allocates nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(|| {
-            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-            libc::sigemptyset(empty.as_mut_ptr());
-            match libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) {
-                0 => Ok(()),
-                errno => Err(std::io::Error::from_raw_os_error(errno)),
-            }
-        });
+    // it never sees turns every stop into a SIGKILL after graceful_timeout. The manager
+    // empties its own mask at start, so its threads normally block nothing; the mask is
+    // then cleared in the child only when needed, because any pre-exec step makes the
+    // standard library fork the whole manager instead of using the much cheaper
+    // posix_spawn (vfork) path.
+    if !thread_mask_is_empty() {
+        clear_mask_in_child(&mut cmd);
     }
 
     if let Some(id) = identity {
@@ -139,6 +133,33 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
             exit: None,
         },
     ))
+}
+
+/// Whether the calling thread blocks no signal.
+fn thread_mask_is_empty() -> bool {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let mut current = SigSet::empty();
+    match nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut current)) {
+        Ok(()) => current.iter().next().is_none(),
+        Err(_) => false,
+    }
+}
+
+/// Empties the signal mask in the child, between fork and exec.
+fn clear_mask_in_child(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: sigemptyset and pthread_sigmask are, and it
+    // allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            match libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                errno => Err(std::io::Error::from_raw_os_error(errno)),
+            }
+        });
+    }
 }
 
 /// The identity a child takes on before exec.
