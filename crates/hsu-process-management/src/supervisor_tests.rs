@@ -499,8 +499,9 @@ async fn reload_applies_the_difference_and_never_runs_two_instances() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
+/// A process `old` that ignores SIGTERM (graceful_timeout 3 s), and a reload that
+/// removes it, in progress.
+async fn removal_in_progress() -> (Setup, tokio::task::JoinHandle<crate::ReloadDiff>) {
     let s = Setup::new(vec![]).await;
     s.fake.plan(Plan {
         ignores_term: true,
@@ -511,6 +512,12 @@ async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
         .await;
     let m = s.manager.clone();
     let reload = background(async move { m.reload(vec![]).await }).await;
+    (s, reload)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
+    let (s, reload) = removal_in_progress().await;
     let st = s.status("old");
     assert_eq!(st.state, ProcessState::Stopping);
     assert!(st.reason.contains("reload"), "{}", st.reason);
@@ -521,16 +528,7 @@ async fn a_removed_process_stays_listed_until_its_tree_is_gone() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stop_during_a_removal_joins_it_and_the_removal_still_ends() {
-    let s = Setup::new(vec![]).await;
-    s.fake.plan(Plan {
-        ignores_term: true,
-        ..Plan::default()
-    });
-    s.manager
-        .reload(vec![def("old", |c| c.graceful_timeout = secs(3))])
-        .await;
-    let m = s.manager.clone();
-    let reload = background(async move { m.reload(vec![]).await }).await;
+    let (s, reload) = removal_in_progress().await;
     assert_eq!(s.status("old").state, ProcessState::Stopping);
     let m = s.manager.clone();
     let stop = background(async move { m.stop_process("old", false).await }).await;
