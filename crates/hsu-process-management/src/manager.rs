@@ -352,9 +352,21 @@ impl ProcessManager {
     /// to a stop or start survives a crash of the manager right after it.
     async fn durable_barrier(&self) {
         // A blocking-pool thread waits for the writer (this also keeps a paused test
-        // clock from running ahead while the disk is written).
+        // clock from running ahead while the disk is written). A disk that stopped
+        // answering must not hang the caller: after a while the answer goes out anyway
+        // (the change is in effect; its record reaches the disk when the disk does).
+        #[cfg(not(test))]
+        const PATIENCE: Duration = Duration::from_secs(5);
+        #[cfg(test)]
+        const PATIENCE: Duration = Duration::from_millis(200);
         let writer = self.inner.ctx.writer.clone();
-        let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || writer.flush());
+        if tokio::time::timeout(PATIENCE, flushed).await.is_err() {
+            tracing::warn!(
+                "state.json is not on disk after {:?} (a stalled disk?); answering anyway",
+                PATIENCE
+            );
+        }
     }
 
     /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL

@@ -655,3 +655,23 @@ async fn a_panic_in_a_step_is_reported_and_supervision_goes_on() {
     })
     .await;
 }
+
+/// On the real clock (a stalled blocking thread stops a paused one): a disk that stopped
+/// answering delays a stop's answer by a bounded patience, never forever.
+#[tokio::test]
+async fn a_stalled_disk_does_not_hang_a_stop() {
+    let s = Setup::new(vec![def("svc", |_| {})]).await;
+    let (release, stalled) = std::sync::mpsc::channel::<()>();
+    s.manager
+        .file_writer()
+        .snapshot(s.base.path().join("stalled"), move || {
+            let _ = stalled.recv();
+            None
+        });
+    let began = std::time::Instant::now();
+    let stop = tokio::time::timeout(secs(30), s.manager.stop_process("svc", false)).await;
+    assert!(matches!(stop, Ok(Ok(()))), "{stop:?}");
+    assert!(began.elapsed() < secs(10), "{:?}", began.elapsed());
+    assert_eq!(s.status("svc").state, ProcessState::Stopped);
+    release.send(()).unwrap();
+}
