@@ -677,11 +677,17 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
             .collect();
         // /proc reads block; keep them off the runtime's worker threads.
         let samples = tokio::task::spawn_blocking(move || {
+            let roots: Vec<(u32, &str)> = running
+                .iter()
+                .map(|(_, pid, tag)| (*pid, tag.as_str()))
+                .collect();
+            let trees = hsu_process::trees_of(&roots);
             running
-                .into_iter()
-                .map(|(id, pid, tag)| {
-                    let usage = hsu_resource_limits::sample(&hsu_process::tree_of(pid, &tag));
-                    (id, pid, usage, std::time::Instant::now())
+                .iter()
+                .zip(trees)
+                .map(|((id, pid, _), tree)| {
+                    let usage = hsu_resource_limits::sample(&tree);
+                    (id.clone(), *pid, usage, std::time::Instant::now())
                 })
                 .collect::<Vec<_>>()
         })

@@ -441,14 +441,47 @@ pub fn tree(root: u32, tag: &str) -> Vec<u32> {
 /// Walks children from the roots: the main process, and orphans of this tree that were
 /// handed to the manager. Costs what the tree costs, not what the whole system does.
 fn tree_by_children(root: u32, tag: &str) -> Vec<u32> {
+    let orphans = Orphans::now();
+    walk_tree(root, orphans.tagged(tag))
+}
+
+/// The manager's own children that it did not spawn (orphans handed to it as the
+/// subreaper), read once, with each one's owner tag.
+struct Orphans(Vec<(u32, Option<Vec<u8>>)>);
+
+impl Orphans {
+    fn now() -> Orphans {
+        let spawned_now: HashSet<u32> = spawned().clone().unwrap_or_default();
+        Orphans(
+            children(std::process::id())
+                .into_iter()
+                .filter(|p| !spawned_now.contains(p))
+                .map(|p| (p, tag_of(p)))
+                .collect(),
+        )
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.0
+            .iter()
+            .filter(move |(_, t)| t.as_deref() == Some(tag.as_bytes()))
+            .map(|(p, _)| *p)
+    }
+}
+
+fn tag_of(pid: u32) -> Option<Vec<u8>> {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.environ())
+        .ok()?
+        .get(std::ffi::OsStr::new(TAG_ENV))
+        .map(|v| v.as_encoded_bytes().to_vec())
+}
+
+/// Every live process reachable through children links from `root` and `more`.
+fn walk_tree(root: u32, more: impl Iterator<Item = u32>) -> Vec<u32> {
     let me = std::process::id();
-    let spawned_now: HashSet<u32> = spawned().clone().unwrap_or_default();
     let mut stack = vec![root];
-    stack.extend(
-        children(me)
-            .into_iter()
-            .filter(|p| !spawned_now.contains(p) && has_tag(*p, tag)),
-    );
+    stack.extend(more);
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     while let Some(pid) = stack.pop() {
@@ -462,6 +495,23 @@ fn tree_by_children(root: u32, tag: &str) -> Vec<u32> {
     }
     out.sort_unstable();
     out
+}
+
+/// [`tree`] for many roots at once, reading the manager's own children (and the tags of
+/// the orphans among them) once for all of them: the resource sampler's walk.
+pub fn trees(roots: &[(u32, &str)]) -> Vec<Vec<u32>> {
+    if SUBREAPER.load(Ordering::Relaxed) && children_files() {
+        let orphans = Orphans::now();
+        roots
+            .iter()
+            .map(|&(root, tag)| walk_tree(root, orphans.tagged(tag)))
+            .collect()
+    } else {
+        roots
+            .iter()
+            .map(|&(root, tag)| tree_by_scan(root, tag))
+            .collect()
+    }
 }
 
 /// The whole process table, for when orphans may have gone to init (no subreaper): the
