@@ -8,9 +8,10 @@
 //!
 //! A child starts clean: the leader of its own process group, an empty signal mask, and
 //! exactly stdin, stdout and stderr as descriptors (once the binary has called
-//! [`seal_inherited_fds`]). A stop is either awaited whole ([`terminate_tree`]) or driven
-//! step by step from a supervisor's timers ([`signal_tree`], then [`kill_tree_once`]
-//! until it finds nothing), so the supervisor never has to block on a dying tree.
+//! [`seal_inherited_fds`]). A stop is driven step by step from the supervisor's timers —
+//! [`signal_tree`] with the stop signal, then with SIGKILL, looking with [`sweep_scan`]
+//! until nothing is found — so the supervisor never blocks on a dying tree; nothing here
+//! waits.
 //!
 //! It must never reap a process it did not spawn unless it knows that process to be an
 //! orphan handed to the manager (never `waitpid(-1)`): the async runtime reaps the
@@ -20,7 +21,6 @@ use hsu_common::StopSignal;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 mod linux;
@@ -270,18 +270,6 @@ impl ChildEvents {
     }
 }
 
-/// How a [`terminate_tree`] went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Termination {
-    /// The main process's exit.
-    pub exit: ExitInfo,
-    /// Whether SIGKILL was needed.
-    pub forced: bool,
-    /// Processes of the tree still alive after the final SIGKILL and its grace period
-    /// (should be zero; non-zero means something unkillable, e.g. in uninterruptible sleep).
-    pub survivors: Vec<u32>,
-}
-
 /// Marks every file descriptor above 2 of the manager close-on-exec, so that a child gets
 /// exactly stdin, stdout and stderr and never a descriptor the manager inherited from the
 /// shell (or service manager) that launched it. Every descriptor the manager opens itself
@@ -315,22 +303,6 @@ pub fn signal_tree(root: u32, tag: &str, signal: StopSignal) -> Vec<u32> {
     members
 }
 
-/// One SIGKILL sweep of a tree: SIGKILL to process group `root` and to every member
-/// found, then a fresh look. Returns what is still alive: members not yet dead, and any
-/// forked between the look and the kill. Does not wait; call it again (from a timer)
-/// until it returns nothing. Where the manager is no subreaper, orphans re-parented to
-/// init are found by their tag (a scan of every process).
-///
-/// Meant for a tree whose main process has not been reaped yet or was reaped moments ago:
-/// the group id is only certain to be the tree's while some member holds it.
-pub fn kill_tree_once(root: u32, tag: &str) -> Vec<u32> {
-    for pid in sweep_scan(root, tag) {
-        signal_process(pid, StopSignal::Kill);
-    }
-    signal_group(root, StopSignal::Kill);
-    sweep_scan(root, tag)
-}
-
 /// The tree as a sweep must see it: [`tree_of`], plus, without a subreaper, every
 /// process carrying `tag` (orphans went to init and no walk from the manager finds them).
 pub fn sweep_scan(root: u32, tag: &str) -> Vec<u32> {
@@ -339,112 +311,6 @@ pub fn sweep_scan(root: u32, tag: &str) -> Vec<u32> {
         merge(&mut members, &platform::tagged(tag));
     }
     members
-}
-
-/// Keeps the PIDs of `known` that are alive and still this tree's (in the latest `scan`,
-/// or carrying the tag), so a PID reused by a stranger is never signalled.
-fn retain_ours(known: &mut Vec<u32>, scan: &[u32], tag: &str) {
-    known.retain(|&p| is_alive(p) && (scan.contains(&p) || platform::carries_tag(p, tag)));
-}
-
-/// Stops a whole process tree: `signal` to the group and to every escaped member, wait up
-/// to `graceful_timeout` for all of it to go, then SIGKILL everything left, sweeping again
-/// and again (members may be forking and leaving their group while it is killed) until
-/// two looks in a row find nothing alive. Returns once nothing of the tree is alive, or
-/// after a bounded wait (5 s of sweeping) for the unkillable, which it reports.
-pub async fn terminate_tree(
-    child: &mut Child,
-    signal: StopSignal,
-    graceful_timeout: Duration,
-) -> std::io::Result<Termination> {
-    const POLL: Duration = Duration::from_millis(20);
-    const KILL_GRACE: Duration = Duration::from_secs(5);
-
-    let root = child.pid;
-    let tag = child.tag.clone();
-    let mut known = signal_tree(root, &tag, signal);
-
-    let deadline = tokio::time::Instant::now() + graceful_timeout;
-    let mut exit = None;
-    // Graceful phase: the main process's exit comes from the kernel; the rest of the tree
-    // (not our children) can only be watched, so it is checked every POLL while stopping.
-    loop {
-        if exit.is_none() {
-            if let Ok(status) = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + POLL),
-                child.wait(),
-            )
-            .await
-            {
-                exit = Some(status?);
-            }
-        } else {
-            tokio::time::sleep(
-                POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-            )
-            .await;
-        }
-        reap_orphans();
-        let scan = child.tree();
-        merge(&mut known, &scan);
-        retain_ours(&mut known, &scan, &tag);
-        // One more look, the wide one, before believing the tree is gone.
-        if let (Some(exit), true) = (exit, known.is_empty()) {
-            if sweep_scan(root, &tag).is_empty() {
-                return Ok(Termination {
-                    exit,
-                    forced: false,
-                    survivors: Vec::new(),
-                });
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break;
-        }
-    }
-
-    // Forced phase: sweep until two looks in a row find nothing, so a member forked
-    // between a look and its kill is caught by the next one.
-    let kill_deadline = tokio::time::Instant::now() + KILL_GRACE;
-    let mut clean_looks = 0;
-    loop {
-        let left = kill_tree_once(root, &tag);
-        for &pid in &known {
-            signal_process(pid, StopSignal::Kill);
-        }
-        if exit.is_none() {
-            if let Ok(status) = tokio::time::timeout(POLL, child.wait()).await {
-                exit = Some(status?);
-            }
-        } else {
-            tokio::time::sleep(POLL).await;
-        }
-        reap_orphans();
-        let scan = sweep_scan(root, &tag);
-        merge(&mut known, &left);
-        merge(&mut known, &scan);
-        retain_ours(&mut known, &scan, &tag);
-        if exit.is_some() && known.is_empty() {
-            clean_looks += 1;
-            if clean_looks >= 2 {
-                break;
-            }
-        } else {
-            clean_looks = 0;
-        }
-        if tokio::time::Instant::now() >= kill_deadline {
-            break;
-        }
-    }
-    let exit = match exit {
-        Some(e) => e,
-        None => child.wait().await?,
-    };
-    Ok(Termination {
-        exit,
-        forced: true,
-        survivors: known,
-    })
 }
 
 fn merge(into: &mut Vec<u32>, more: &[u32]) {
@@ -461,7 +327,7 @@ fn merge(into: &mut Vec<u32>, more: &[u32]) {
 #[allow(unsafe_code)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     fn spec(program: &str, args: &[&str], tag: &str) -> SpawnSpec {
         SpawnSpec {
@@ -632,8 +498,40 @@ mod tests {
         );
     }
 
+    /// Whether `pid` ignores SIGTERM (its `SigIgn` mask in `/proc`).
+    fn ignores_term(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|t| {
+                let hex = t
+                    .lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))?
+                    .trim()
+                    .to_owned();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+    }
+
+    /// SIGKILL sweeps of a tree, as the supervisor's teardown does them, until two looks
+    /// in a row find nothing (bounded at 5 s); what survives.
+    fn sweep_until_gone(root: u32, tag: &str) -> Vec<u32> {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut empty_looks = 0;
+        loop {
+            signal_tree(root, tag, StopSignal::Kill);
+            reap_orphans();
+            let left = sweep_scan(root, tag);
+            empty_looks = if left.is_empty() { empty_looks + 1 } else { 0 };
+            if empty_looks == 2 || Instant::now() >= end {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[tokio::test]
-    async fn graceful_stop_takes_the_whole_group() {
+    async fn the_stop_signal_takes_the_whole_group() {
         let mut child = spawn(spec(
             "sh",
             &["-c", "sleep 100 & sleep 100 & wait"],
@@ -642,12 +540,15 @@ mod tests {
         .unwrap();
         assert!(eventually(Duration::from_secs(10), || child.tree().len() == 3));
         let members = child.tree();
-        let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert!(!t.forced);
-        assert!(t.survivors.is_empty());
-        assert!(members.iter().all(|&p| !is_alive(p)), "{members:?}");
+        signal_tree(child.pid(), "t#group", StopSignal::Term);
+        let exit = child.wait().await.unwrap();
+        assert_eq!(exit.signal, Some(libc::SIGTERM), "no SIGKILL was needed");
+        assert!(
+            eventually(Duration::from_secs(10), || members
+                .iter()
+                .all(|&p| !is_alive(p))),
+            "{members:?}"
+        );
     }
 
     #[tokio::test]
@@ -667,15 +568,17 @@ mod tests {
             escaped = child.tree();
             escaped.len() >= 2
         }));
-        let started = Instant::now();
-        let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_millis(300))
-            .await
-            .unwrap();
-        assert!(t.forced, "the orphan ignores SIGTERM");
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        // The main process is gone: the orphans are found by their tag alone.
+        assert_eq!(sweep_scan(u32::MAX, "t#escaped"), escaped);
+        assert!(
+            escaped.iter().all(|&p| ignores_term(p)),
+            "the orphans ignore SIGTERM"
+        );
+        signal_tree(u32::MAX, "t#escaped", StopSignal::Term);
+        assert!(sweep_until_gone(u32::MAX, "t#escaped").is_empty());
         assert!(escaped.iter().all(|&p| !is_alive(p)), "{escaped:?}");
         // Another tree's tag does not match.
-        assert!(child.tree().is_empty());
+        assert!(sweep_scan(u32::MAX, "t#other").is_empty());
         reap_orphans();
     }
 
@@ -779,7 +682,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn signal_tree_and_kill_tree_once_reach_members_that_left_the_group() {
+    async fn signal_tree_reaches_members_that_left_the_group() {
         become_subreaper().unwrap();
         let tag = &format!("t{}#sweep-primitives", std::process::id());
         // A TERM-ignoring main, a child in its group and one in a session of its own.
@@ -819,13 +722,9 @@ mod tests {
         )));
         assert!(is_alive(root), "the main process ignores SIGTERM");
         // SIGKILL sweeps until nothing is left; each returns at once.
-        let mut left = Vec::new();
-        assert!(eventually(Duration::from_secs(10), || {
-            let t = Instant::now();
-            left = kill_tree_once(root, tag);
-            assert!(t.elapsed() < Duration::from_secs(2), "a sweep blocked");
-            left.is_empty()
-        }));
+        let t = Instant::now();
+        assert!(sweep_until_gone(root, tag).is_empty());
+        assert!(t.elapsed() < Duration::from_secs(5), "a sweep blocked");
         let exit = child.wait().await.unwrap();
         assert_eq!(exit.signal, Some(libc::SIGKILL));
         assert!(members.iter().all(|&p| !is_alive(p)), "{members:?}");
@@ -855,11 +754,11 @@ mod tests {
             assert!(eventually(Duration::from_secs(20), || {
                 tagged_alive(&tag).len() >= 10
             }));
-            let t = terminate_tree(&mut child, StopSignal::Term, Duration::from_millis(300))
-                .await
-                .unwrap();
-            assert!(t.forced, "the storm ignores SIGTERM");
-            assert!(t.survivors.is_empty(), "round {round}: {:?}", t.survivors);
+            assert!(ignores_term(child.pid()), "the storm ignores SIGTERM");
+            signal_tree(child.pid(), &tag, StopSignal::Term);
+            let survivors = sweep_until_gone(child.pid(), &tag);
+            assert!(survivors.is_empty(), "round {round}: {survivors:?}");
+            child.wait().await.unwrap();
             let left = tagged_alive(&tag);
             assert!(
                 left.is_empty(),

@@ -599,11 +599,6 @@ pub fn group_of(pid: u32) -> Option<u32> {
     u32::try_from(stat.pgrp).ok()
 }
 
-/// Whether `pid` carries exactly `tag` (false when it is gone or unreadable).
-pub fn carries_tag(pid: u32, tag: &str) -> bool {
-    has_tag(pid, tag)
-}
-
 /// Every live process on the system that carries exactly `tag`, wherever it was
 /// re-parented: the last word of a sweep, for when the manager is no subreaper and an
 /// orphan went to init. Reads every process's environment: for stops, not for timers.
