@@ -167,14 +167,15 @@ mod tests {
         drop(client);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn bytes_pass_through_once_the_client_spoke() {
         let (mut client, server) = tokio::io::duplex(64);
         let mut io = GuardedIo::new(server, Duration::from_millis(50));
         client.write_all(b"GET").await.unwrap();
         let mut buf = [0u8; 3];
         io.read_exact(&mut buf).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Past the first-byte timeout (on the paused clock): it no longer applies.
+        tokio::time::advance(Duration::from_millis(80)).await;
         client.write_all(b"!").await.unwrap();
         io.read_exact(&mut buf[..1]).await.unwrap();
         assert_eq!(&buf[..1], b"!");
