@@ -8,7 +8,6 @@ use crate::FileWriter;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,8 +31,6 @@ pub struct StateFile {
     path: PathBuf,
     state: Arc<Mutex<DurableState>>,
     writer: FileWriter,
-    /// A snapshot write is queued and has not yet read the state.
-    pending: Arc<AtomicBool>,
 }
 
 impl StateFile {
@@ -58,7 +55,6 @@ impl StateFile {
             path: path.to_path_buf(),
             state: Arc::new(Mutex::new(state)),
             writer,
-            pending: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -88,12 +84,10 @@ impl StateFile {
                 state.processes.remove(id);
             }
         }
-        if self.pending.swap(true, Ordering::AcqRel) {
-            return; // the queued write has not read the state yet: it will see this change
-        }
-        let (state, pending) = (self.state.clone(), self.pending.clone());
+        // The writer keeps one pending change per path: a burst costs one write, of the
+        // state as it is when the write's turn comes.
+        let state = self.state.clone();
         self.writer.snapshot(self.path.clone(), move || {
-            pending.store(false, Ordering::Release);
             serde_json::to_vec_pretty(&*lock(&state)).ok()
         });
     }
