@@ -187,6 +187,4 @@ impl Platform for FakePlatform {
             .map(|(&pid, _)| pid)
             .collect()
     }
-
-    fn reap_orphans(&self) {}
 }

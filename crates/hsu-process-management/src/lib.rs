@@ -15,7 +15,7 @@
 //! published on a watch channel, so reading status never waits on a supervisor.
 //!
 //! The supervisor reaches the operating system only through the [`platform::Platform`]
-//! trait (spawn, signal a tree, list a tree, reap orphans), which unit tests replace with
+//! trait (spawn, signal a tree, list a tree), which unit tests replace with
 //! a made-up platform under a paused clock. File writes that sync (PID files,
 //! `state.json`) go to a background writer thread, never onto the runtime's workers.
 //!

@@ -1,8 +1,8 @@
 //! The seam between the supervisors and the operating system.
 //!
-//! A supervisor needs five things from the platform: spawn a process (and learn of its
-//! exit), signal its whole tree, list what is left of the tree, and reap orphans. They
-//! are a trait so that the supervisor's loop can be unit-tested against a made-up
+//! A supervisor needs three things from the platform: spawn a process (and learn of its
+//! exit), signal its whole tree, and list what is left of the tree. (Orphans are reaped
+//! by the manager on SIGCHLD, not by supervisors.) They are a trait so that the supervisor's loop can be unit-tested against a made-up
 //! platform (exits, slow stops and spawn errors on demand, under a paused clock), while
 //! the real one ([`OsPlatform`]) forwards to `hsu-process`. Every call here returns at
 //! once: waiting is the supervisor's business, done with timers inside its loop.
@@ -45,8 +45,6 @@ pub trait Platform: Send + Sync + 'static {
     fn signal_tree(&self, tree: Tree<'_>, signal: StopSignal);
     /// The live members of the tree (the root too while it lives).
     fn tree(&self, tree: Tree<'_>) -> Vec<u32>;
-    /// Reaps zombies handed to the manager that no supervisor waits for.
-    fn reap_orphans(&self);
 }
 
 /// The real operating system, through `hsu-process`.
@@ -83,9 +81,5 @@ impl Platform for OsPlatform {
             tree.root
         };
         hsu_process::sweep_scan(root, tree.tag)
-    }
-
-    fn reap_orphans(&self) {
-        hsu_process::reap_orphans();
     }
 }

@@ -1351,7 +1351,8 @@ impl Teardown {
             // Swept every check: members forked since the last SIGKILL die too.
             platform.signal_tree(tree, StopSignal::Kill);
         }
-        platform.reap_orphans();
+        // Orphans that died are zombies, which `tree` does not count; the manager's
+        // reaper collects them on SIGCHLD.
         let left = platform.tree(tree);
         self.crowded |= self.killed_at.is_some() || left.iter().any(|&p| p != self.run.pid);
         if self.exit.is_some() && left.is_empty() {
