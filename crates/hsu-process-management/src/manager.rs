@@ -186,7 +186,7 @@ impl ProcessManager {
 
     /// Whether an operator stopped `id` by hand (kept in `state.json` across restarts).
     pub fn stopped_by_hand(&self, id: &str) -> bool {
-        self.held(id)
+        self.inner.durable.stopped_by_hand(id)
     }
 
     /// The supervisor of `id`, while it has one (monitors send their reports to it).
@@ -212,21 +212,17 @@ impl ProcessManager {
         &self.inner.ctx.writer
     }
 
-    fn held(&self, id: &str) -> bool {
-        self.inner.durable.stopped_by_hand(id)
-    }
-
     /// The supervisor to start for a new entry: managed, enabled, not stopped by hand.
     fn to_start(&self, entry: &Entry) -> Option<ProcessHandle> {
         match &entry.supervision {
-            Supervision::Managed(h) if !self.held(&entry.def.id) => Some(h.clone()),
+            Supervision::Managed(h) if !self.stopped_by_hand(&entry.def.id) => Some(h.clone()),
             _ => None,
         }
     }
 
     /// A supervisor for an enabled managed definition; an idle entry otherwise.
     fn supervise(&self, def: ProcessDefinition) -> Entry {
-        let reason = if self.held(&def.id) {
+        let reason = if self.stopped_by_hand(&def.id) {
             HELD
         } else {
             "not started"
@@ -428,7 +424,7 @@ impl ProcessManager {
                 match (entry.supervision, supervised(&def).cloned()) {
                     // Same supervisor, new definition: it stops the old run first.
                     (Supervision::Managed(h), Some(control)) => {
-                        let start = !self.held(&def.id);
+                        let start = !self.stopped_by_hand(&def.id);
                         let (handle, new_def) = (h.clone(), def.clone());
                         work.spawn(async move {
                             if let Err(e) = handle.replace(new_def, control, start).await {
