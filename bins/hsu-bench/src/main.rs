@@ -323,9 +323,11 @@ fn manager_block(binary: &Path, n: usize, s: &Settings) -> anyhow::Result<Figure
     let mut walls = Vec::with_capacity(s.status_runs);
     for _ in 0..s.status_runs {
         let t = Instant::now();
+        // `--api` rather than `--base-dir`, so managers older than `--base-dir` for
+        // client commands can be measured too.
         let output = Command::new(binary)
-            .arg("--base-dir")
-            .arg(&m.base)
+            .arg("--api")
+            .arg(format!("http://{addr}"))
             .arg("status")
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
