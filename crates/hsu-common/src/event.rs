@@ -86,6 +86,27 @@ pub enum EventKind {
         /// Why it stopped, in words.
         reason: String,
     },
+    /// The verdict of a process's health checks changed.
+    HealthChanged {
+        /// The verdict it had: `unknown`, `healthy` or `unhealthy`.
+        from: String,
+        /// The verdict it has now.
+        to: String,
+        /// Why, in words: the last check's error, or that checks passed.
+        reason: String,
+        /// Failed checks in a row when the verdict changed.
+        consecutive_failures: u32,
+    },
+    /// Captured output could not be written (e.g. a full disk). Emitted once when writing
+    /// starts failing, not once per line; writing resumes by itself.
+    LogWriteFailed {
+        /// The stream: `stdout` or `stderr` (or the aggregation target's name).
+        stream: String,
+        /// The file that could not be written.
+        path: String,
+        /// The error, in words.
+        error: String,
+    },
     /// A process's supervisor hit a bug while handling one input; it recovered and goes
     /// on supervising the process where it was.
     SupervisorFailed {
@@ -106,6 +127,8 @@ impl EventKind {
             EventKind::ConfigReloaded { .. } => "config_reloaded",
             EventKind::ManagerStarted { .. } => "manager_started",
             EventKind::ManagerStopped { .. } => "manager_stopped",
+            EventKind::HealthChanged { .. } => "health_changed",
+            EventKind::LogWriteFailed { .. } => "log_write_failed",
             EventKind::SupervisorFailed { .. } => "supervisor_failed",
         }
     }

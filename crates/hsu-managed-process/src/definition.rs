@@ -295,6 +295,9 @@ pub struct HealthCheckSpec {
     pub failure_threshold: u32,
     /// Consecutive successes that make it healthy again.
     pub success_threshold: u32,
+    /// `health_check.startup_grace_period`: failed checks this soon after a start do not
+    /// count (the restart tuning's `startup_grace_period` applies too; the longer wins).
+    pub startup_grace_period: Duration,
 }
 
 impl Default for HealthCheckSpec {
@@ -306,6 +309,7 @@ impl Default for HealthCheckSpec {
             initial_delay: Duration::ZERO,
             failure_threshold: 3,
             success_threshold: 1,
+            startup_grace_period: Duration::ZERO,
         }
     }
 }

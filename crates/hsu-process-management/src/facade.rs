@@ -587,7 +587,10 @@ fn restart_only_changes(running: &RunningSettings, new: &Config) -> Vec<SettingC
 
 fn view(status: ProcessStatus, definition: Arc<ProcessDefinition>) -> ProcessView {
     // `process` (liveness) is the one check there is: the verdict follows the state.
-    let health = hsu_monitoring::liveness(status.state);
+    let mut health = HealthReport::unknown();
+    if status.state == hsu_common::ProcessState::Running {
+        health.status = HealthStatus::Healthy;
+    }
     ProcessView {
         status,
         definition,
