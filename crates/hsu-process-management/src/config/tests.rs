@@ -213,6 +213,7 @@ fn full_canonical_config() {
             initial_delay: secs(3),
             failure_threshold: 4,
             success_threshold: 2,
+            startup_grace_period: Duration::ZERO,
         }
     );
     assert_eq!(
