@@ -217,6 +217,9 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
                 );
             } else {
                 let _ = writeln!(out, "{}", status_table(&processes));
+                if id.is_some() {
+                    let _ = write!(out, "{}", status_details(&processes[0]));
+                }
             }
         }
         ClientCommand::Start { id } => {
@@ -305,6 +308,25 @@ fn print_after(out: &mut impl Write, verb: &str, id: &str, p: Option<&Process>) 
             let _ = writeln!(out, "{id}: {verb}");
         }
     }
+}
+
+/// What `status ID` prints below the table: why it is where it is, and its health.
+pub fn status_details(p: &Process) -> String {
+    let h = &p.health;
+    let mut health = format!("{} ({} check)", h.status, h.check);
+    if h.consecutive_failures > 0 {
+        health.push_str(&format!(", {} failed in a row", h.consecutive_failures));
+    }
+    if let Some(at) = &h.last_check_at {
+        health.push_str(&format!(", last checked {at}"));
+    }
+    if let Some(ms) = h.last_latency_ms {
+        health.push_str(&format!(" in {ms} ms"));
+    }
+    if let Some(e) = &h.last_error {
+        health.push_str(&format!(": {e}"));
+    }
+    format!("reason: {}\nhealth: {health}\n", p.reason)
 }
 
 /// The aligned table of `status`.

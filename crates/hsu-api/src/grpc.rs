@@ -430,6 +430,8 @@ impl From<model::Process> for pb::Process {
                 consecutive_failures: p.health.consecutive_failures,
                 last_check_at: p.health.last_check_at,
                 last_error: p.health.last_error,
+                last_latency_ms: p.health.last_latency_ms,
+                check: p.health.check,
             }),
             circuit: p.circuit.as_str().into(),
             next_restart_at: p.next_restart_at,

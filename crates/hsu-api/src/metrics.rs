@@ -6,6 +6,8 @@
 //! - `hsu_process_up`: 1 while running; `hsu_process_uptime_seconds` (0 when not running);
 //! - `hsu_process_restarts_total`: automatic restarts;
 //! - `hsu_process_health`: 1 healthy, 0 unhealthy, -1 unknown;
+//!   `hsu_process_health_consecutive_failures`; `hsu_process_health_check_duration_seconds`
+//!   and `hsu_process_health_last_check_timestamp_seconds` (only once a probe has run);
 //! - `hsu_process_circuit_open`: 1 while the circuit breaker is open (not half-open);
 //! - `hsu_process_circuit_half_open`: 1 while the breaker lets one trial start through;
 //! - `hsu_process_resident_memory_bytes`, `hsu_process_cpu_seconds_total`: only for
@@ -80,6 +82,34 @@ pub(crate) fn render(api: &ApiState) -> String {
                 HealthStatus::Unhealthy => 0.0,
                 HealthStatus::Unknown => -1.0,
             })
+        },
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_health_consecutive_failures",
+        "gauge",
+        "Failed health checks in a row since the last passing one.",
+        |p| Some(p.health.consecutive_failures.into()),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_health_check_duration_seconds",
+        "gauge",
+        "How long the latest health check took, in seconds (probed processes only).",
+        |p| p.health.last_latency_ms.map(|ms| ms / 1000.0),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_health_last_check_timestamp_seconds",
+        "gauge",
+        "Unix time of the latest health check (probed processes only).",
+        |p| {
+            let probed = p.health.last_latency_ms.is_some();
+            let at = p.health.last_check_at.as_deref().filter(|_| probed)?;
+            humantime::parse_rfc3339(at)
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64())
         },
     );
     out.per_process(

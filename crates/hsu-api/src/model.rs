@@ -248,6 +248,11 @@ pub struct Health {
     pub last_check_at: Option<String>,
     /// The error the latest check reported, when it failed; null otherwise.
     pub last_error: Option<String>,
+    /// How long the latest check took, in milliseconds; null until a check has run
+    /// (and for the `process` check, which the kernel answers without probing).
+    pub last_latency_ms: Option<f64>,
+    /// The check that judges it: process, http, grpc, tcp or exec.
+    pub check: String,
 }
 
 /// Resource usage of a process's whole tree (`resources` of [`Process`]).
@@ -331,6 +336,11 @@ impl Process {
             consecutive_failures: v.health.consecutive_failures,
             last_check_at: v.health.last_check_at.map(rfc3339),
             last_error: v.health.last_error.clone(),
+            last_latency_ms: v
+                .health
+                .last_latency
+                .map(|d| (d.as_secs_f64() * 1e5).round() / 100.0),
+            check: v.health_check_name().into(),
         };
         let limits = def
             .control

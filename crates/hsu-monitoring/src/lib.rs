@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(t.report().status, HealthStatus::Unknown);
         assert_eq!(t.report().last_check_at, None);
         let c = t.record(ok(), true).unwrap();
-        assert_eq!((c.from, c.to), (HealthStatus::Unknown, HealthStatus::Healthy));
+        assert_eq!(
+            (c.from, c.to),
+            (HealthStatus::Unknown, HealthStatus::Healthy)
+        );
         assert_eq!(t.report().last_latency, Some(Duration::from_millis(3)));
         assert_eq!(t.record(ok(), true), None);
     }
@@ -190,7 +193,10 @@ mod tests {
         assert_eq!(t.record(fail("a"), true), None);
         assert_eq!(t.record(fail("b"), true), None);
         let c = t.record(fail("c"), true).unwrap();
-        assert_eq!((c.from, c.to), (HealthStatus::Healthy, HealthStatus::Unhealthy));
+        assert_eq!(
+            (c.from, c.to),
+            (HealthStatus::Healthy, HealthStatus::Unhealthy)
+        );
         assert_eq!(t.report().consecutive_failures, 3);
         assert_eq!(t.report().last_error.as_deref(), Some("c"));
     }
@@ -200,7 +206,10 @@ mod tests {
         let mut t = HealthTracker::new(2, 1);
         assert_eq!(t.record(fail("refused"), true), None);
         let c = t.record(fail("refused"), true).unwrap();
-        assert_eq!((c.from, c.to), (HealthStatus::Unknown, HealthStatus::Unhealthy));
+        assert_eq!(
+            (c.from, c.to),
+            (HealthStatus::Unknown, HealthStatus::Unhealthy)
+        );
     }
 
     #[test]

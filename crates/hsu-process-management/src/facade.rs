@@ -102,6 +102,26 @@ pub struct ProcessView {
     pub health: HealthReport,
 }
 
+impl ProcessView {
+    /// The check that judges its health: `process`, `http`, `grpc`, `tcp` or `exec` (an
+    /// integrated process with no check configured is checked over gRPC).
+    pub fn health_check_name(&self) -> &'static str {
+        use hsu_managed_process::{HealthCheckKind, ProcessType};
+        match &self.definition.health_check.kind {
+            HealthCheckKind::Process
+                if self.definition.process_type == ProcessType::IntegratedManaged =>
+            {
+                "grpc"
+            }
+            HealthCheckKind::Process => "process",
+            HealthCheckKind::Http { .. } => "http",
+            HealthCheckKind::Grpc { .. } => "grpc",
+            HealthCheckKind::Tcp { .. } => "tcp",
+            HealthCheckKind::Exec { .. } => "exec",
+        }
+    }
+}
+
 /// The manager process's own resource usage.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ManagerUsage {
@@ -262,7 +282,7 @@ impl ManagerFacade {
             .manager
             .overview()
             .into_iter()
-            .map(|(status, definition)| view(status, definition))
+            .map(|(status, health, definition)| view(status, health, definition))
             .collect()
     }
 
@@ -270,10 +290,8 @@ impl ManagerFacade {
     pub fn process(&self, id: &str) -> Result<ProcessView, ControlError> {
         let manager = &self.inner.manager;
         let not_found = || ControlError::NotFound(id.to_owned());
-        let status = manager.status(id).ok_or_else(not_found)?;
-        // Gone between the two reads: removed by a reload just now.
-        let definition = manager.definition(id).ok_or_else(not_found)?;
-        Ok(view(status, definition))
+        let (status, health, definition) = manager.overview_of(id).ok_or_else(not_found)?;
+        Ok(view(status, health, definition))
     }
 
     /// The definition of a process, as loaded.
@@ -585,11 +603,17 @@ fn restart_only_changes(running: &RunningSettings, new: &Config) -> Vec<SettingC
     changes
 }
 
-fn view(status: ProcessStatus, definition: Arc<ProcessDefinition>) -> ProcessView {
-    // `process` (liveness) is the one check there is: the verdict follows the state.
-    let mut health = HealthReport::unknown();
-    if status.state == hsu_common::ProcessState::Running {
-        health.status = HealthStatus::Healthy;
+fn view(
+    status: ProcessStatus,
+    mut health: HealthReport,
+    definition: Arc<ProcessDefinition>,
+) -> ProcessView {
+    // Liveness is known continuously (the kernel reports an exit at once): while the
+    // process runs, it was last confirmed now.
+    let liveness = definition.health_check.kind == hsu_managed_process::HealthCheckKind::Process
+        && definition.process_type != hsu_managed_process::ProcessType::IntegratedManaged;
+    if liveness && health.status == HealthStatus::Healthy {
+        health.last_check_at = Some(std::time::SystemTime::now());
     }
     ProcessView {
         status,

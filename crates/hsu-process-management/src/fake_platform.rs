@@ -1,12 +1,26 @@
 //! A made-up platform for the supervisor's unit tests: processes are entries in a table,
 //! exits and slow stops happen when a test says so, and the clock can be paused.
 
-use crate::platform::{Platform, Spawned, Tree};
+use crate::platform::{BoxFuture, Platform, ProbeRequest, Spawned, Tree};
 use hsu_common::StopSignal;
+use hsu_monitoring::ProbeOutcome;
 use hsu_process::{ExitInfo, SpawnError, SpawnSpec};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
+
+/// How the made-up integrated process answers `CoreService/Shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rpc {
+    /// Nobody listens: the call fails at once.
+    #[default]
+    Refused,
+    /// It answers and its main process exits 0.
+    Obey,
+    /// It answers and goes on running.
+    Ignore,
+}
 
 /// How the next spawned process behaves.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +54,13 @@ struct State {
     spawns: Vec<(u32, String, Vec<String>)>,
     /// The most main processes of one tag alive at once, by tag.
     max_mains: BTreeMap<String, usize>,
+    /// Results of the next health checks, in order; `None`: the check hangs until its
+    /// timeout. Once used up, checks pass.
+    probe_results: VecDeque<Option<Result<(), String>>>,
+    /// Checks run so far.
+    probes: usize,
+    rpc: Rpc,
+    rpc_calls: usize,
 }
 
 /// The fake platform; clone it to keep a handle for the test.
@@ -95,6 +116,27 @@ impl FakePlatform {
             .last()
             .map(|s| s.2.clone())
             .unwrap_or_default()
+    }
+
+    /// The next health checks answer these, in order (`None`: hangs until its timeout);
+    /// after them, checks pass.
+    pub fn probe_results(&self, results: impl IntoIterator<Item = Option<Result<(), String>>>) {
+        self.lock().probe_results.extend(results);
+    }
+
+    /// Health checks run so far.
+    pub fn probes(&self) -> usize {
+        self.lock().probes
+    }
+
+    /// How `CoreService/Shutdown` is answered.
+    pub fn rpc(&self, rpc: Rpc) {
+        self.lock().rpc = rpc;
+    }
+
+    /// `CoreService/Shutdown` calls so far.
+    pub fn rpc_calls(&self) -> usize {
+        self.lock().rpc_calls
     }
 
     /// The most main processes of `tag` that were ever alive at the same time.
@@ -186,5 +228,49 @@ impl Platform for FakePlatform {
             .filter(|(_, p)| p.alive && p.root == tree.root && p.tag == tree.tag)
             .map(|(&pid, _)| pid)
             .collect()
+    }
+
+    fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome> {
+        let next = {
+            let mut st = self.lock();
+            st.probes += 1;
+            st.probe_results.pop_front().unwrap_or(Some(Ok(())))
+        };
+        Box::pin(async move {
+            let (result, latency) = match next {
+                Some(result) => (result, Duration::from_millis(1)),
+                None => {
+                    tokio::time::sleep(request.timeout).await;
+                    (Err("timed out".to_string()), request.timeout)
+                }
+            };
+            ProbeOutcome {
+                result,
+                latency,
+                at: SystemTime::now(),
+            }
+        })
+    }
+
+    fn request_shutdown(
+        &self,
+        _port: u16,
+        _reason: String,
+        _timeout: Duration,
+    ) -> BoxFuture<Result<(), String>> {
+        let mut st = self.lock();
+        st.rpc_calls += 1;
+        let result = match st.rpc {
+            Rpc::Refused => Err("connection refused".to_string()),
+            Rpc::Ignore => Ok(()),
+            Rpc::Obey => {
+                let last = st.spawns.last().map(|s| s.0);
+                if let Some(p) = last.and_then(|pid| st.procs.get_mut(&pid)) {
+                    die(p, Some(0), None);
+                }
+                Ok(())
+            }
+        };
+        Box::pin(async move { result })
     }
 }

@@ -7,6 +7,7 @@ use hsu_common::{EventKind, EventSink};
 use hsu_managed_process::{
     ControlError, ControlSpec, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
 };
+use hsu_monitoring::HealthReport;
 use hsu_process_file::{FileWriter, PidFiles, StateFile};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -276,13 +277,23 @@ impl ProcessManager {
             .map(|e| with_usage(status_of(e), &usage))
     }
 
-    /// Every process's status with its definition, in config order, read at once.
-    pub fn overview(&self) -> Vec<(ProcessStatus, Arc<ProcessDefinition>)> {
+    /// Every process's status with its health and definition, in config order, read at
+    /// once.
+    pub fn overview(&self) -> Vec<Overview> {
         let usage = lock(&self.inner.usage);
         self.entries()
             .iter()
-            .map(|e| (with_usage(status_of(e), &usage), e.def.clone()))
+            .map(|e| overview_of(e, &usage))
             .collect()
+    }
+
+    /// One process's status with its health and definition; `None` for an unknown id.
+    pub fn overview_of(&self, id: &str) -> Option<Overview> {
+        let usage = lock(&self.inner.usage);
+        self.entries()
+            .iter()
+            .find(|e| e.def.id == id)
+            .map(|e| overview_of(e, &usage))
     }
 
     /// The definition of a process, as loaded.
@@ -570,6 +581,17 @@ impl ProcessManager {
             },
         );
     }
+}
+
+/// A process's status, what its health checks found, and its definition.
+pub type Overview = (ProcessStatus, HealthReport, Arc<ProcessDefinition>);
+
+fn overview_of(e: &Entry, usage: &HashMap<String, Sample>) -> Overview {
+    let health = match &e.supervision {
+        Supervision::Managed(h) => h.health(),
+        Supervision::Idle(_) => HealthReport::unknown(),
+    };
+    (with_usage(status_of(e), usage), health, e.def.clone())
 }
 
 fn status_of(e: &Entry) -> ProcessStatus {

@@ -1,16 +1,23 @@
 //! The seam between the supervisors and the operating system.
 //!
-//! A supervisor needs three things from the platform: spawn a process (and learn of its
-//! exit), signal its whole tree, and list what is left of the tree. (Orphans are reaped
-//! by the manager on SIGCHLD, not by supervisors.) They are a trait so that the supervisor's loop can be unit-tested against a made-up
-//! platform (exits, slow stops and spawn errors on demand, under a paused clock), while
-//! the real one ([`OsPlatform`]) forwards to `hsu-process`. Every call here returns at
-//! once: waiting is the supervisor's business, done with timers inside its loop.
+//! A supervisor needs a few things from the platform: spawn a process (and learn of its
+//! exit), signal its whole tree, list what is left of the tree, probe its health and ask
+//! an integrated process to shut down. (Orphans are reaped by the manager on SIGCHLD, not
+//! by supervisors.) They are a trait so that the supervisor's loop can be unit-tested
+//! against a made-up platform (exits, slow stops, spawn errors and check results on
+//! demand, under a paused clock), while the real one ([`OsPlatform`]) forwards to
+//! `hsu-process` and `hsu-monitoring`. Every call here returns at once: waiting is the
+//! supervisor's business, done with timers inside its loop or in tasks it owns.
 
 use hsu_common::StopSignal;
+use hsu_managed_process::HealthCheckKind;
+use hsu_monitoring::ProbeOutcome;
 use hsu_process::{ExitInfo, SpawnError, SpawnSpec};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// A process's exit, to be awaited once.
 pub type ExitFuture = Pin<Box<dyn Future<Output = std::io::Result<ExitInfo>> + Send>>;
@@ -35,6 +42,22 @@ pub struct Tree<'a> {
     pub tag: &'a str,
 }
 
+/// A future the supervisor runs in a task of its own.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One health check to run.
+#[derive(Debug, Clone)]
+pub struct ProbeRequest {
+    /// What to probe.
+    pub kind: HealthCheckKind,
+    /// How long the check may take; a check still running then has failed.
+    pub timeout: Duration,
+    /// `exec` checks run here ...
+    pub working_directory: PathBuf,
+    /// ... with the process's environment added to the manager's.
+    pub environment: BTreeMap<String, String>,
+}
+
 /// What the supervisors need from the operating system. Nothing here may block for
 /// longer than a few `/proc` reads.
 pub trait Platform: Send + Sync + 'static {
@@ -45,6 +68,18 @@ pub trait Platform: Send + Sync + 'static {
     fn signal_tree(&self, tree: Tree<'_>, signal: StopSignal);
     /// The live members of the tree (the root too while it lives).
     fn tree(&self, tree: Tree<'_>) -> Vec<u32>;
+    /// Runs one health check; the future resolves within the request's timeout (plus
+    /// what cleaning up an overrunning `exec` check takes) and leaves nothing running
+    /// when dropped.
+    fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome>;
+    /// Asks the integrated process listening on `port` to shut down
+    /// (`hsu.core.v1.CoreService/Shutdown`); `Ok` once it answered.
+    fn request_shutdown(
+        &self,
+        port: u16,
+        reason: String,
+        timeout: Duration,
+    ) -> BoxFuture<Result<(), String>>;
 }
 
 /// The real operating system, through `hsu-process`.
@@ -81,5 +116,28 @@ impl Platform for OsPlatform {
             tree.root
         };
         hsu_process::sweep_scan(root, tree.tag)
+    }
+
+    fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome> {
+        // MERGE-PROBES: forwards to hsu_monitoring::probe once it lands.
+        let _ = request;
+        Box::pin(async move {
+            ProbeOutcome {
+                result: Err("probes not built".into()),
+                latency: Duration::ZERO,
+                at: std::time::SystemTime::now(),
+            }
+        })
+    }
+
+    fn request_shutdown(
+        &self,
+        port: u16,
+        reason: String,
+        timeout: Duration,
+    ) -> BoxFuture<Result<(), String>> {
+        // MERGE-PROBES
+        let _ = (port, reason, timeout);
+        Box::pin(async move { Err("not built".to_string()) })
     }
 }

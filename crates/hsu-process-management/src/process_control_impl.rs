@@ -31,13 +31,14 @@
 //! background writer.
 
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
-use crate::platform::{Platform, Tree};
+use crate::platform::{Platform, ProbeRequest, Tree};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
 use hsu_log_collection::{CaptureFiles, Stream};
 use hsu_managed_process::{
-    Circuit, ControlError, ControlSpec, LastExit, ProcessControl, ProcessDefinition, ProcessStatus,
-    ProcessType,
+    Circuit, ControlError, ControlSpec, HealthCheckKind, LastExit, ProcessControl,
+    ProcessDefinition, ProcessStatus, ProcessType, RestartPolicy,
 };
+use hsu_monitoring::{HealthReport, HealthStatus, HealthTracker, ProbeOutcome};
 use hsu_process::{ExitInfo, SpawnSpec};
 use hsu_process_file::{FileWriter, PidFiles, StateFile};
 use hsu_process_state::StateMachine;
@@ -45,6 +46,7 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 /// After SIGKILL, how long the tree is swept before what survives is reported.
@@ -162,8 +164,26 @@ enum Input {
         run: RunId,
         report: Report,
     },
+    /// A health check of a run completed.
+    Probed {
+        run: RunId,
+        outcome: ProbeOutcome,
+    },
+    /// An integrated process answered (or did not) the Shutdown call of a stop.
+    ShutdownAnswered {
+        run: RunId,
+        result: Result<(), String>,
+    },
     /// The earliest deadline of the current phase has passed.
     Timer,
+}
+
+/// What the supervisor's own tasks send it: exits from the waiters, outcomes from the
+/// health checker, answers to the Shutdown call.
+enum Internal {
+    Exited(RunId, std::io::Result<ExitInfo>),
+    Probed(RunId, ProbeOutcome),
+    ShutdownAnswered(RunId, Result<(), String>),
 }
 
 /// What callers send: commands and reports (exits come from the supervisor's own
@@ -180,6 +200,8 @@ pub struct Published {
     pub status: ProcessStatus,
     /// The current run, while a main process runs.
     pub run: Option<RunId>,
+    /// What the health checks found (of the current run, or of the last one).
+    pub health: HealthReport,
 }
 
 /// The caller's side of one supervisor task. Cheap to clone.
@@ -206,6 +228,7 @@ impl ProcessHandle {
         let (status_tx, status_rx) = watch::channel(Published {
             status: initial,
             run: None,
+            health: HealthReport::unknown(),
         });
         let supervisor = Supervisor {
             machine: StateMachine::stopped_because(&def.id, reason),
@@ -219,7 +242,9 @@ impl ProcessHandle {
             replacement: None,
             restart_count: 0,
             last_exit: None,
-            exits: exit_tx,
+            internal: exit_tx,
+            health: HealthTracker::new(1, 1),
+            checker: None,
             status_tx,
             ended: false,
         };
@@ -245,6 +270,11 @@ impl ProcessHandle {
     /// The current run, while a main process runs (monitors name it in their reports).
     pub fn current_run(&self) -> Option<RunId> {
         self.status.borrow().run
+    }
+
+    /// What the health checks found.
+    pub fn health(&self) -> HealthReport {
+        self.status.borrow().health.clone()
     }
 
     /// Hands a monitor's report to the supervisor; one about an earlier run is ignored.
@@ -333,6 +363,16 @@ struct Run {
     id: RunId,
     pid: u32,
     started_at: SystemTime,
+    spawned: Instant,
+    /// The health check this run is probed with; `None`: liveness only.
+    check: Option<HealthCheckKind>,
+    /// It passed its first health check (at once for liveness): shown `running`, not
+    /// `starting`.
+    ready: bool,
+    /// Failed checks before this moment do not count (the startup grace period).
+    grace_until: Instant,
+    /// integrated_managed: the port it was given.
+    port: Option<u16>,
     /// When the run will have been up `reset_after` (forgets earlier failures); `None`
     /// once that has happened.
     stable_at: Option<Instant>,
@@ -369,6 +409,14 @@ struct Teardown {
     exit: Option<ExitInfo>,
     why: String,
     began: Instant,
+    /// The stop signal is still to be sent, at this moment (an integrated process was
+    /// asked to shut down over its API first); `None` once sent, or never needed.
+    signal_at: Option<Instant>,
+    /// The stop signal was sent.
+    signalled: bool,
+    /// The main process exited after the Shutdown call, before any signal.
+    exited_on_request: bool,
+    graceful: Duration,
     kill_at: Instant,
     killed_at: Option<Instant>,
     /// When to look at the tree next (while members other than the main process remain,
@@ -398,6 +446,18 @@ enum Phase {
 }
 
 impl Phase {
+    /// The visible state of this phase: a run that has not passed its first health check
+    /// yet is `starting`.
+    fn state(&self) -> ProcessState {
+        match self {
+            Phase::Stopped { .. } => ProcessState::Stopped,
+            Phase::Running(r) if r.ready => ProcessState::Running,
+            Phase::Running(_) => ProcessState::Starting,
+            Phase::Stopping(_) => ProcessState::Stopping,
+            Phase::Failed { .. } => ProcessState::Failed,
+        }
+    }
+
     fn teardown_mut(&mut self) -> Option<&mut Teardown> {
         match self {
             Phase::Stopping(t) => Some(t),
@@ -430,8 +490,13 @@ struct Supervisor {
     /// Automatic restarts since the manager started supervising it.
     restart_count: u32,
     last_exit: Option<LastExit>,
-    /// Where the exit waiters send.
-    exits: mpsc::UnboundedSender<(RunId, std::io::Result<ExitInfo>)>,
+    /// Where the supervisor's own tasks (exit waiters, the health checker, Shutdown
+    /// calls) send.
+    internal: mpsc::UnboundedSender<Internal>,
+    /// The verdict of the current (or last) run's health checks.
+    health: HealthTracker,
+    /// The task probing the current run, if it is probed.
+    checker: Option<(RunId, AbortHandle)>,
     status_tx: watch::Sender<Published>,
     /// Set when the supervisor has finished its last teardown and must return.
     ended: bool,
@@ -459,7 +524,7 @@ impl Supervisor {
     async fn run(
         mut self,
         mut messages: mpsc::UnboundedReceiver<Message>,
-        mut exits: mpsc::UnboundedReceiver<(RunId, std::io::Result<ExitInfo>)>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
         self.publish();
         let mut callers_gone = false;
@@ -468,7 +533,13 @@ impl Supervisor {
             let input = tokio::select! {
                 // Exits first: a command that arrives with an exit must see the exit.
                 biased;
-                Some((run, exit)) = exits.recv() => Input::Exited { run, exit },
+                Some(int) = internal.recv() => match int {
+                    Internal::Exited(run, exit) => Input::Exited { run, exit },
+                    Internal::Probed(run, outcome) => Input::Probed { run, outcome },
+                    Internal::ShutdownAnswered(run, result) => {
+                        Input::ShutdownAnswered { run, result }
+                    }
+                },
                 msg = messages.recv(), if !callers_gone => match msg {
                     Some(Message::Command(c)) => Input::Command(c),
                     Some(Message::Report { run, report }) => Input::Report { run, report },
@@ -498,6 +569,9 @@ impl Supervisor {
                 );
             }
         }
+        if let Some((_, checker)) = self.checker.take() {
+            checker.abort();
+        }
     }
 
     /// After a panic in a step: report it (journal, log) and bring the visible state back
@@ -510,12 +584,7 @@ impl Supervisor {
         self.emit(EventKind::SupervisorFailed {
             message: message.clone(),
         });
-        let expected = match &self.phase {
-            Phase::Stopped { .. } => ProcessState::Stopped,
-            Phase::Running(_) => ProcessState::Running,
-            Phase::Stopping(_) => ProcessState::Stopping,
-            Phase::Failed { .. } => ProcessState::Failed,
-        };
+        let expected = self.phase.state();
         if self.machine.state() == expected {
             return;
         }
@@ -540,6 +609,8 @@ impl Supervisor {
             Input::Command(c) => self.on_command(c, now),
             Input::Exited { run, exit } => self.on_exit(run, exit, now),
             Input::Report { run, report } => self.on_report(run, report, now),
+            Input::Probed { run, outcome } => self.on_probed(run, outcome, now),
+            Input::ShutdownAnswered { run, result } => self.on_shutdown_answered(run, result, now),
             Input::Timer => self.on_timer(now),
         }
         // A deadline the input made due (a forced stop, an exit that may have emptied
@@ -548,6 +619,7 @@ impl Supervisor {
         if self.next_deadline().is_some_and(|at| at <= now) {
             self.on_timer(now);
         }
+        self.sync_checker();
     }
 
     /// The earliest moment the loop must act without an input.
@@ -807,6 +879,7 @@ impl Supervisor {
                     self.record_exit(exit);
                     if let Some(t) = self.phase.teardown_mut() {
                         t.exit = Some(exit);
+                        t.exited_on_request = t.signal_at.is_some() && !t.signalled;
                         t.check_at = Some(now);
                     }
                 } else {
@@ -836,6 +909,93 @@ impl Supervisor {
         // state already says why.
         let leftovers = self.leftovers_of(r, None, &what, now);
         self.fail_or_stop(decision, what, leftovers, now);
+    }
+
+    fn on_probed(&mut self, run: RunId, outcome: ProbeOutcome, now: Instant) {
+        let Phase::Running(r) = &mut self.phase else {
+            return;
+        };
+        if r.id != run {
+            return;
+        }
+        let counts = now >= r.grace_until;
+        let Some(kind) = r.check.as_ref().map(check_name) else {
+            return;
+        };
+        let error = outcome.result.as_ref().err().cloned();
+        if let (Some(e), false) = (&error, counts) {
+            tracing::debug!(
+                id = self.id(),
+                "{kind} check failed inside the startup grace period: {e}"
+            );
+        }
+        let change = self.health.record(outcome, counts);
+        let report = self.health.report().clone();
+        if let Some(change) = change {
+            let reason = match &error {
+                Some(e) => format!("{kind} check failed: {e}"),
+                None => format!("{kind} check passed"),
+            };
+            match change.to {
+                HealthStatus::Unhealthy => tracing::warn!(
+                    id = self.id(),
+                    "unhealthy after {} failed checks in a row: {reason}",
+                    report.consecutive_failures
+                ),
+                _ => tracing::info!(id = self.id(), "{}: {reason}", change.to.as_str()),
+            }
+            self.emit(EventKind::HealthChanged {
+                from: change.from.as_str().into(),
+                to: change.to.as_str().into(),
+                reason,
+                consecutive_failures: report.consecutive_failures,
+            });
+        }
+        let Phase::Running(r) = &mut self.phase else {
+            return;
+        };
+        if !r.ready && report.status == HealthStatus::Healthy {
+            r.ready = true;
+            let (run, pid) = (r.clone(), r.pid);
+            self.enter(
+                Phase::Running(run),
+                format!("{kind} check passed (pid {pid})"),
+            );
+        }
+        if change.is_some_and(|c| c.to == HealthStatus::Unhealthy) {
+            let what = format!(
+                "unhealthy: {} {kind} checks failed in a row (last: {})",
+                report.consecutive_failures,
+                error.unwrap_or_default()
+            );
+            if self.control.restart_policy == RestartPolicy::Never {
+                // Reported, not acted on: the policy never restarts.
+                let reason = format!("{what}; restart policy never does not restart it");
+                self.machine.set_reason(reason);
+            } else {
+                self.on_report(run, Report::Unhealthy { reason: what }, now);
+            }
+        }
+    }
+
+    fn on_shutdown_answered(&mut self, run: RunId, result: Result<(), String>, now: Instant) {
+        let id = self.def.id.clone();
+        let Some(t) = self.phase.teardown_mut() else {
+            return;
+        };
+        if t.run.id != run || t.signal_at.is_none() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::info!(
+                id,
+                "asked to shut down over its API; waiting for it to exit"
+            ),
+            Err(e) => {
+                tracing::info!(id, "the Shutdown call failed ({e}); signalling instead");
+                t.signal_at = Some(now);
+            }
+        }
     }
 
     fn on_timer(&mut self, now: Instant) {
@@ -877,7 +1037,8 @@ impl Supervisor {
                 let Some(t) = self.phase.teardown_mut() else {
                     return;
                 };
-                if let Some(survivors) = t.check(now, platform.as_ref(), &self.tag) {
+                let stop_signal = self.control.stop_signal;
+                if let Some(survivors) = t.check(now, platform.as_ref(), &self.tag, stop_signal) {
                     self.finish_teardown(survivors, now);
                 }
             }
@@ -888,16 +1049,22 @@ impl Supervisor {
 
     /// Moves the state machine to `phase`'s state (one journal event) and takes the phase.
     fn enter(&mut self, phase: Phase, reason: impl Into<String>) {
-        let to = match &phase {
-            Phase::Stopped { .. } => ProcessState::Stopped,
-            Phase::Running(_) => ProcessState::Running,
-            Phase::Stopping(_) => ProcessState::Stopping,
-            Phase::Failed { .. } => ProcessState::Failed,
-        };
-        if let Err(e) = self
-            .machine
-            .transition(to, reason, self.ctx.events.as_ref())
-        {
+        let to = phase.state();
+        let reason = reason.into();
+        let from = self.machine.state();
+        let events = self.ctx.events.clone();
+        if from == to {
+            // E.g. spawned, still `starting` until its first passing check.
+            self.machine.set_reason(reason);
+        } else if from == ProcessState::Starting && to == ProcessState::Stopped {
+            // Ended (completed, or stopped with a leftover teardown) before it was ever
+            // healthy: `starting` has no move to `stopped` of its own, so through
+            // `failed`, each with the reason.
+            let _ = self
+                .machine
+                .transition(ProcessState::Failed, reason.as_str(), events.as_ref());
+            let _ = self.machine.transition(to, reason, events.as_ref());
+        } else if let Err(e) = self.machine.transition(to, reason, events.as_ref()) {
             // A refused transition is a supervisor bug; say so loudly and keep going.
             tracing::error!("{e}");
         }
@@ -911,14 +1078,32 @@ impl Supervisor {
             return;
         };
         let run = run.clone();
-        let mut t = Teardown::new(run, None, why, then, now, self.control.graceful_timeout);
-        if force {
-            // SIGKILL goes out at once, from the check that follows this input.
-            t.force(now);
-        } else {
-            self.ctx
-                .platform
-                .signal_tree(t.tree(&self.tag), self.control.stop_signal);
+        let graceful = self.control.graceful_timeout;
+        let mut t = Teardown::new(run, None, why, then, now, graceful);
+        match t.run.port {
+            _ if force => {
+                // SIGKILL goes out at once, from the check that follows this input.
+                t.force(now);
+            }
+            Some(port) if self.def.process_type == ProcessType::IntegratedManaged => {
+                // Asked over its API first; the stop signal follows if it has not
+                // exited within the graceful timeout (or at once if the call fails).
+                t.signal_at = Some(now + graceful);
+                t.kill_at = now + graceful + graceful;
+                let (platform, internal, run) =
+                    (self.ctx.platform.clone(), self.internal.clone(), t.run.id);
+                let call = platform.request_shutdown(port, why.to_owned(), graceful);
+                tokio::spawn(async move {
+                    let result = call.await;
+                    let _ = internal.send(Internal::ShutdownAnswered(run, result));
+                });
+            }
+            _ => {
+                t.signalled = true;
+                self.ctx
+                    .platform
+                    .signal_tree(t.tree(&self.tag), self.control.stop_signal);
+            }
         }
         tracing::info!(id = self.id(), pid = t.run.pid, "stopping: {why}");
         self.enter(Phase::Stopping(t), why);
@@ -948,6 +1133,8 @@ impl Supervisor {
         self.ctx
             .platform
             .signal_tree(tree, self.control.stop_signal);
+        let mut t = t;
+        t.signalled = true;
         Some(t)
     }
 
@@ -1075,9 +1262,14 @@ impl Supervisor {
         };
         self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
         let took = humantime::format_duration(round_ms(now.saturating_duration_since(t.began)));
+        let asked = if t.exited_on_request {
+            " after the Shutdown call"
+        } else {
+            ""
+        };
         let mut how = match (t.killed_at, t.exit) {
             (Some(_), _) => format!("; killed after graceful timeout ({took})"),
-            (None, Some(exit)) => format!(" ({exit}, in {took})"),
+            (None, Some(exit)) => format!(" ({exit}{asked}, in {took})"),
             (None, None) => format!(" (in {took})"),
         };
         if !survivors.is_empty() {
@@ -1147,16 +1339,16 @@ impl Supervisor {
         {
             tracing::error!("{e}");
         }
-        let spec = self.spawn_spec();
+        let (spec, port) = self.spawn_spec();
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
                 self.runs += 1;
                 let run = RunId(self.runs);
-                let exits = self.exits.clone();
+                let internal = self.internal.clone();
                 let exit = spawned.exit;
                 tokio::spawn(async move {
-                    let _ = exits.send((run, exit.await));
+                    let _ = internal.send(Internal::Exited(run, exit.await));
                 });
                 self.ctx.writer.write(
                     self.ctx.pid_files.path(self.id()),
@@ -1164,13 +1356,33 @@ impl Supervisor {
                 );
                 self.tracker.on_start(now.into_std());
                 tracing::info!(id = self.id(), pid, "started");
+                let check = self.health_check(port);
+                let grace = self
+                    .def
+                    .health_check
+                    .startup_grace_period
+                    .max(self.tracker.tuning().startup_grace_period);
                 let run = Run {
                     id: run,
                     pid,
                     started_at: SystemTime::now(),
                     stable_at: Some(now + self.tracker.tuning().reset_after),
+                    spawned: now,
+                    ready: check.is_none(),
+                    grace_until: now + grace,
+                    check,
+                    port,
                 };
-                self.enter(Phase::Running(run), format!("started (pid {pid})"));
+                let hc = &self.def.health_check;
+                self.health = HealthTracker::new(hc.failure_threshold, hc.success_threshold);
+                let reason = match &run.check {
+                    None => format!("started (pid {pid})"),
+                    Some(kind) => format!(
+                        "spawned (pid {pid}); waiting for the first passing {} check",
+                        check_name(kind)
+                    ),
+                };
+                self.enter(Phase::Running(run), reason);
             }
             Err(e) => {
                 tracing::warn!(id = self.id(), "{e}");
@@ -1183,12 +1395,33 @@ impl Supervisor {
         }
     }
 
-    fn spawn_spec(&self) -> SpawnSpec {
+    /// The check a run is probed with: the configured one, or for an integrated process
+    /// configured with none, `grpc.health.v1` on the port it was given. `None`: liveness.
+    fn health_check(&self, port: Option<u16>) -> Option<HealthCheckKind> {
+        match (&self.def.health_check.kind, port) {
+            (HealthCheckKind::Process, Some(port))
+                if self.def.process_type == ProcessType::IntegratedManaged =>
+            {
+                Some(HealthCheckKind::Grpc {
+                    address: format!("127.0.0.1:{port}"),
+                    service: String::new(),
+                })
+            }
+            (HealthCheckKind::Process, _) => None,
+            (kind, _) => Some(kind.clone()),
+        }
+    }
+
+    /// What to spawn, and for an integrated process the port it is given (picked free
+    /// for each run: a child that finds it taken fails, and its restart gets a new one).
+    fn spawn_spec(&self) -> (SpawnSpec, Option<u16>) {
         let mut args = self.control.arguments.clone();
         let mut environment = self.control.environment.clone();
+        let mut given = None;
         if self.def.process_type == ProcessType::IntegratedManaged {
             match free_loopback_port() {
                 Ok(port) => {
+                    given = Some(port);
                     if let Some(flag) = &self.control.port_argument {
                         args.push(flag.clone());
                         args.push(port.to_string());
@@ -1202,7 +1435,7 @@ impl Supervisor {
                 Err(e) => tracing::warn!(id = self.id(), "cannot pick a port: {e}"),
             }
         }
-        SpawnSpec {
+        let spec = SpawnSpec {
             program: self.control.executable.clone(),
             args,
             working_directory: self.control.working_directory.clone(),
@@ -1212,7 +1445,68 @@ impl Supervisor {
             tag: self.tag.clone(),
             user: self.control.user.clone(),
             group: self.control.group.clone(),
+        };
+        (spec, given)
+    }
+
+    /// Starts the task probing the current run when it is probed and has none; stops
+    /// the task of a run that is over (a check in flight is dropped with it).
+    fn sync_checker(&mut self) {
+        let want = match &self.phase {
+            Phase::Running(r) if r.check.is_some() => Some(r.id),
+            _ => None,
+        };
+        if self.checker.as_ref().map(|c| c.0) == want {
+            return;
         }
+        if let Some((_, task)) = self.checker.take() {
+            task.abort();
+        }
+        let Phase::Running(r) = &self.phase else {
+            return;
+        };
+        let Some(kind) = r.check.clone() else {
+            return;
+        };
+        let hc = &self.def.health_check;
+        let request = ProbeRequest {
+            kind,
+            timeout: hc.timeout,
+            working_directory: self.control.working_directory.clone(),
+            environment: self.control.environment.clone(),
+        };
+        let (first, every) = (r.spawned + hc.initial_delay, hc.interval);
+        let (platform, internal, run) = (self.ctx.platform.clone(), self.internal.clone(), r.id);
+        let task = tokio::spawn(async move {
+            // One check at a time per process (timeout < interval); checks of different
+            // processes run in their own tasks and never wait on each other. A check
+            // that overran its slot is followed by the next one an interval later.
+            let mut ticks = tokio::time::interval_at(first, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let timeout = request.timeout;
+                let started = std::time::Instant::now();
+                let probe = platform.probe(request.clone());
+                // A safety net: the probe bounds itself by the timeout.
+                let outcome =
+                    match tokio::time::timeout(timeout + Duration::from_secs(1), probe).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => ProbeOutcome {
+                            result: Err(format!(
+                                "timed out after {}",
+                                humantime::format_duration(timeout)
+                            )),
+                            latency: started.elapsed(),
+                            at: SystemTime::now(),
+                        },
+                    };
+                if internal.send(Internal::Probed(run, outcome)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.checker = Some((run, task.abort_handle()));
     }
 
     fn open_log(&self, stream: Stream, capture: bool) -> Option<File> {
@@ -1285,7 +1579,24 @@ impl Supervisor {
             next_restart_at,
             resources: None,
         };
-        let published = Published { status, run };
+        let health = match &self.phase {
+            // Liveness: healthy while it runs, as the kernel has not reported an exit.
+            Phase::Running(r) if r.check.is_none() => HealthReport {
+                status: HealthStatus::Healthy,
+                ..HealthReport::unknown()
+            },
+            Phase::Stopped { .. } | Phase::Failed { .. } | Phase::Stopping(_)
+                if self.health.report().last_check_at.is_none() =>
+            {
+                HealthReport::unknown()
+            }
+            _ => self.health.report().clone(),
+        };
+        let published = Published {
+            status,
+            run,
+            health,
+        };
         self.status_tx.send_if_modified(|old| {
             let changed = *old != published;
             *old = published;
@@ -1309,6 +1620,10 @@ impl Teardown {
             exit,
             why: why.to_owned(),
             began: now,
+            signal_at: None,
+            signalled: false,
+            exited_on_request: false,
+            graceful,
             kill_at: now + graceful,
             killed_at: None,
             check_at: exit.map(|_| now + SWEEP_FAST),
@@ -1333,19 +1648,40 @@ impl Teardown {
     }
 
     fn next_deadline(&self) -> Instant {
-        match self.check_at {
+        let next = match self.check_at {
             Some(at) if self.killed_at.is_some() => at,
             Some(at) => at.min(self.kill_at),
             None => self.kill_at,
+        };
+        match self.signal_at {
+            Some(at) if self.killed_at.is_none() => next.min(at),
+            _ => next,
         }
     }
 
     /// Escalates at the deadline and looks at the tree. `Some(survivors)` when the
     /// teardown is over: nothing left (empty), or the SIGKILL grace has run out.
-    fn check(&mut self, now: Instant, platform: &dyn Platform, tag: &str) -> Option<Vec<u32>> {
+    fn check(
+        &mut self,
+        now: Instant,
+        platform: &dyn Platform,
+        tag: &str,
+        stop_signal: StopSignal,
+    ) -> Option<Vec<u32>> {
         let tree = self.tree(tag);
         if self.killed_at.is_none() && now >= self.kill_at {
             self.killed_at = Some(now);
+        }
+        // Asked over the API first: the stop signal goes out when the wait for that is
+        // over, the call failed, or the main process exited and left members behind.
+        let signal_due = self
+            .signal_at
+            .is_some_and(|at| now >= at || self.exit.is_some());
+        if signal_due && self.killed_at.is_none() {
+            self.signal_at = None;
+            self.signalled = true;
+            platform.signal_tree(tree, stop_signal);
+            self.kill_at = self.kill_at.min(now + self.graceful);
         }
         if self.killed_at.is_some() {
             // Swept every check: members forked since the last SIGKILL die too.
@@ -1391,6 +1727,17 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+/// The check's name in messages: `http`, `grpc`, `tcp`, `exec` (or `process`).
+fn check_name(kind: &HealthCheckKind) -> &'static str {
+    match kind {
+        HealthCheckKind::Process => "process",
+        HealthCheckKind::Http { .. } => "http",
+        HealthCheckKind::Grpc { .. } => "grpc",
+        HealthCheckKind::Tcp { .. } => "tcp",
+        HealthCheckKind::Exec { .. } => "exec",
+    }
 }
 
 fn free_loopback_port() -> std::io::Result<u16> {

@@ -2,14 +2,15 @@
 //! exits, slow stops and spawn errors happen when a test says so, and minutes of
 //! backoff and graceful timeouts pass in no wall time.
 
-use crate::fake_platform::{FakePlatform, Plan};
+use crate::fake_platform::{FakePlatform, Plan, Rpc};
 use crate::process_control_impl::{Published, Report};
 use crate::{ManagerOptions, ProcessManager};
 use hsu_common::{EventKind, EventSink, ProcessState};
 use hsu_managed_process::{
-    Circuit, ControlSpec, ProcessDefinition, ProcessStatus, ProcessType, RestartPolicy,
-    RestartTuning, TriggerOverride,
+    Circuit, ControlSpec, HealthCheckKind, HealthCheckSpec, ProcessDefinition, ProcessStatus,
+    ProcessType, RestartPolicy, RestartTuning, TriggerOverride,
 };
+use hsu_monitoring::{HealthReport, HealthStatus};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -675,4 +676,269 @@ async fn a_stalled_disk_does_not_hang_a_stop() {
     assert!(began.elapsed() < secs(10), "{:?}", began.elapsed());
     assert_eq!(s.status("svc").state, ProcessState::Stopped);
     release.send(()).unwrap();
+}
+
+// ---- health checks ---------------------------------------------------------------
+
+/// A process probed by a (made-up) TCP check every second, timeout 500 ms.
+fn probed(
+    id: &str,
+    tune_check: impl FnOnce(&mut HealthCheckSpec),
+    tune: impl FnOnce(&mut ControlSpec),
+) -> ProcessDefinition {
+    let mut d = def(id, tune);
+    d.health_check = HealthCheckSpec {
+        kind: HealthCheckKind::Tcp {
+            address: "127.0.0.1:9".into(),
+        },
+        interval: secs(1),
+        timeout: ms(500),
+        initial_delay: Duration::ZERO,
+        failure_threshold: 3,
+        success_threshold: 1,
+        startup_grace_period: Duration::ZERO,
+    };
+    tune_check(&mut d.health_check);
+    d
+}
+
+impl Setup {
+    fn health(&self, id: &str) -> HealthReport {
+        self.manager.supervisor(id).unwrap().health()
+    }
+
+    fn health_changes(&self, id: &str) -> Vec<String> {
+        self.events
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, _)| i.as_deref() == Some(id))
+            .filter_map(|(_, k)| match k {
+                EventKind::HealthChanged { from, to, .. } => Some(format!("{from}->{to}")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probed_process_is_starting_and_unknown_until_its_first_passing_check() {
+    let s = Setup::new(vec![probed("svc", |h| h.initial_delay = secs(5), |_| {})]).await;
+    let st = s.status("svc");
+    assert_eq!(st.state, ProcessState::Starting);
+    assert!(st.pid.is_some());
+    assert!(
+        st.reason
+            .contains("waiting for the first passing tcp check"),
+        "{}",
+        st.reason
+    );
+    assert_eq!(s.health("svc").status, HealthStatus::Unknown);
+    assert_eq!(s.health("svc").last_check_at, None);
+    // Nothing is probed before the initial delay.
+    tokio::time::advance(secs(4)).await;
+    assert_eq!(s.fake.probes(), 0);
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    assert_eq!(s.fake.probes(), 1);
+    let h = s.health("svc");
+    assert_eq!(h.status, HealthStatus::Healthy);
+    assert!(h.last_check_at.is_some() && h.last_latency.is_some());
+    assert_eq!(s.health_changes("svc"), ["unknown->healthy"]);
+    assert_eq!(
+        s.events.transitions("svc"),
+        [
+            "stopped->starting: started with the manager",
+            &format!("starting->running: tcp check passed (pid {})", s.pid("svc")),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_checks_past_the_threshold_restart_under_the_health_budget() {
+    let s = Setup::new(vec![probed(
+        "svc",
+        |_| {},
+        |c| {
+            c.restart_policy = RestartPolicy::OnFailure;
+            c.restart.retry_delay = ms(100);
+        },
+    )])
+    .await;
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    let first = s.pid("svc");
+    let refused = || Some(Err("connection refused".to_string()));
+    s.fake.probe_results([refused(), refused(), refused()]);
+    let st = s.until("svc", |st| st.state == ProcessState::Failed).await;
+    assert!(
+        st.reason.contains("3 tcp checks failed in a row"),
+        "{}",
+        st.reason
+    );
+    let h = s.health("svc");
+    assert_eq!(h.status, HealthStatus::Unhealthy);
+    assert_eq!(h.consecutive_failures, 3);
+    assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    // The old tree is gone and a new run is probed afresh.
+    assert!(s.fake.alive(&s.tag("svc")).iter().all(|&p| p != first));
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    assert_ne!(s.pid("svc"), first);
+    assert_eq!(s.events.triggers("svc"), ["health_failure"]);
+    assert_eq!(
+        s.health_changes("svc"),
+        ["unknown->healthy", "healthy->unhealthy", "unknown->healthy"]
+    );
+}
+
+impl Setup {
+    /// Waits (in virtual time) until what the supervisor of `id` publishes satisfies
+    /// `pred`.
+    async fn until_published(&self, id: &str, pred: impl Fn(&Published) -> bool) -> Published {
+        let mut watch = self.manager.supervisor(id).unwrap().watch();
+        let waited = tokio::time::timeout(secs(3600), watch.wait_for(|p| pred(p)))
+            .await
+            .map(|r| r.map(|p| p.clone()));
+        match waited {
+            Ok(Ok(p)) => p,
+            _ => panic!("{id} never got there; last status {:?}", self.status(id)),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_check_fails_at_its_timeout_and_policy_never_only_reports() {
+    let s = Setup::new(vec![probed(
+        "svc",
+        |h| h.failure_threshold = 1,
+        |c| {
+            c.restart_policy = RestartPolicy::Never;
+        },
+    )])
+    .await;
+    s.until("svc", |st| st.state == ProcessState::Running).await;
+    let pid = s.pid("svc");
+    let checks = s.fake.probes();
+    s.fake.probe_results([None]);
+    let p = s
+        .until_published("svc", |p| p.health.status == HealthStatus::Unhealthy)
+        .await;
+    assert_eq!(p.health.last_error.as_deref(), Some("timed out"));
+    assert_eq!(p.health.last_latency, Some(ms(500)));
+    assert_eq!(s.fake.probes(), checks + 1);
+    // Reported, not acted on: still running, same PID, and the reason says why.
+    assert_eq!(p.status.state, ProcessState::Running);
+    assert_eq!(p.status.pid, Some(pid));
+    assert!(
+        p.status.reason.contains("restart policy never"),
+        "{}",
+        p.status.reason
+    );
+    assert!(s.events.triggers("svc").is_empty());
+    // It recovers on the next passing check.
+    s.until_published("svc", |p| p.health.status == HealthStatus::Healthy)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_inside_the_startup_grace_period_do_not_count() {
+    let s = Setup::new(vec![probed(
+        "svc",
+        |h| {
+            h.failure_threshold = 2;
+            h.initial_delay = secs(1);
+            h.startup_grace_period = secs(10);
+        },
+        |c| c.restart_policy = RestartPolicy::Always,
+    )])
+    .await;
+    let refused = || Some(Err("connection refused".to_string()));
+    // Checks at 1..=9 s fail inside the grace period, then two more fail after it.
+    s.fake.probe_results((0..12).map(|_| refused()));
+    let p = s
+        .until_published("svc", |p| p.health.last_error.is_some())
+        .await;
+    assert_eq!(p.status.state, ProcessState::Starting);
+    let h = p.health;
+    assert_eq!(
+        (h.status, h.consecutive_failures),
+        (HealthStatus::Unknown, 0)
+    );
+    assert_eq!(h.last_error.as_deref(), Some("connection refused"));
+    tokio::time::advance(secs(5)).await;
+    assert_eq!(s.status("svc").state, ProcessState::Starting);
+    assert_eq!(s.health("svc").consecutive_failures, 0);
+    let st = s.until("svc", |st| st.state == ProcessState::Failed).await;
+    assert!(st.reason.contains("2 tcp checks failed"), "{}", st.reason);
+    assert_eq!(s.events.triggers("svc"), ["health_failure"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_ends_while_starting_moves_through_failed() {
+    let s = Setup::new(vec![probed(
+        "svc",
+        |h| h.initial_delay = secs(60),
+        |c| {
+            c.restart_policy = RestartPolicy::OnFailure;
+        },
+    )])
+    .await;
+    assert_eq!(s.status("svc").state, ProcessState::Starting);
+    s.fake.exit(s.status("svc").pid.unwrap(), 0);
+    s.until("svc", |st| st.state == ProcessState::Stopped).await;
+    let t = s.events.transitions("svc");
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(t[1].starts_with("starting->failed: completed"), "{t:?}");
+    assert!(t[2].starts_with("failed->stopped: completed"), "{t:?}");
+    // A stop while starting is an ordinary stop.
+    s.manager.start_process("svc").await.unwrap();
+    assert_eq!(s.status("svc").state, ProcessState::Starting);
+    s.manager.stop_process("svc", false).await.unwrap();
+    assert_eq!(s.status("svc").state, ProcessState::Stopped);
+    assert!(s.fake.alive(&s.tag("svc")).is_empty());
+}
+
+fn integrated(id: &str) -> ProcessDefinition {
+    let mut d = def(id, |c| c.port_argument = Some("--port".into()));
+    d.process_type = ProcessType::IntegratedManaged;
+    d
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_integrated_process_is_checked_over_grpc_and_asked_to_shut_down() {
+    let s = Setup::new(vec![integrated("api")]).await;
+    // Checked (over gRPC by default), so starting until the first check passes.
+    s.until("api", |st| st.state == ProcessState::Running).await;
+    assert!(s.fake.probes() >= 1);
+    assert!(s.fake.last_args().contains(&"--port".to_string()));
+    s.fake.rpc(Rpc::Obey);
+    let began = Instant::now();
+    s.manager.stop_process("api", false).await.unwrap();
+    assert_eq!(s.fake.rpc_calls(), 1);
+    assert!(began.elapsed() < secs(1));
+    let t = s.events.transitions("api");
+    assert!(
+        t.last().unwrap().contains("after the Shutdown call"),
+        "{t:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_integrated_process_that_ignores_the_call_is_signalled_after_the_graceful_timeout() {
+    let s = Setup::new(vec![integrated("api")]).await;
+    s.until("api", |st| st.state == ProcessState::Running).await;
+    s.fake.rpc(Rpc::Ignore);
+    let began = Instant::now();
+    s.manager.stop_process("api", false).await.unwrap();
+    // graceful_timeout is 10 s: the stop signal went out then, and it obeyed.
+    assert_eq!(began.elapsed(), secs(10));
+    let t = s.events.transitions("api");
+    assert!(t.last().unwrap().contains("signal 15"), "{t:?}");
+    // A refused call goes to the signal at once.
+    s.manager.start_process("api").await.unwrap();
+    s.until("api", |st| st.state == ProcessState::Running).await;
+    s.fake.rpc(Rpc::Refused);
+    let began = Instant::now();
+    s.manager.stop_process("api", false).await.unwrap();
+    assert!(began.elapsed() < secs(1));
+    assert_eq!(s.fake.rpc_calls(), 2);
 }

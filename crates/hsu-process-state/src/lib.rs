@@ -94,6 +94,12 @@ impl StateMachine {
         &self.reason
     }
 
+    /// Says why the process is where it is, without moving it (no event): e.g. that a
+    /// process still `starting` is waiting for its first passing health check.
+    pub fn set_reason(&mut self, reason: impl Into<String>) {
+        self.reason = reason.into();
+    }
+
     /// Moves to `to` if allowed, emitting one `state_changed` event.
     pub fn transition(
         &mut self,
