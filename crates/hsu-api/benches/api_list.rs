@@ -103,6 +103,8 @@ fn sleeper(i: usize, dir: &Path) -> ProcessDefinition {
         discovery: None,
         metadata: BTreeMap::new(),
         profile_type: None,
+        depends_on: Vec::new(),
+        ready_log_line: None,
     }
 }
 

@@ -64,6 +64,8 @@ impl Harness {
             discovery: None,
             metadata: BTreeMap::new(),
             profile_type: None,
+            depends_on: Vec::new(),
+            ready_log_line: None,
         };
         let journal = Arc::new(Journal::open(&base.join("events.jsonl")).unwrap());
         let manager = ProcessManager::start(

@@ -36,6 +36,8 @@ fn definition(
         discovery: None,
         metadata: BTreeMap::new(),
         profile_type: None,
+        depends_on: Vec::new(),
+        ready_log_line: None,
     }
 }
 

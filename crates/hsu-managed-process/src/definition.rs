@@ -57,6 +57,64 @@ pub struct ProcessDefinition {
     pub metadata: BTreeMap<String, String>,
     /// Nested form `profile_type`, shown in status.
     pub profile_type: Option<String>,
+    /// `depends_on`: what must hold of other processes before this one starts.
+    pub depends_on: Vec<Dependency>,
+    /// `ready_log_line`: a regular expression; the first output line matching it makes
+    /// the process `log_ready` for its dependents.
+    pub ready_log_line: Option<String>,
+}
+
+/// One `depends_on` entry: a process this one waits for, and on what.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Dependency {
+    /// The id of the process depended on.
+    pub id: String,
+    /// What must hold of it (a bare id means `started`).
+    pub condition: DependencyCondition,
+    /// Give up waiting after this long (`timeout`, or the process's `depends_on_timeout`);
+    /// `None` waits as long as it takes.
+    pub timeout: Option<Duration>,
+    /// `restart: propagate`: a restart of the dependency restarts this process too.
+    pub propagate_restart: bool,
+}
+
+/// What a dependency must have reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyCondition {
+    /// It is running (spawned; for a checked process, past its first passing check is
+    /// `healthy`).
+    Started,
+    /// Its health checks pass.
+    Healthy,
+    /// It ran and exited (any code).
+    Completed,
+    /// It ran and exited with code 0.
+    CompletedSuccessfully,
+    /// A line of its output matched its `ready_log_line`.
+    LogReady,
+}
+
+impl DependencyCondition {
+    /// Every condition, as written in the config.
+    pub const NAMES: [&'static str; 5] = [
+        "started",
+        "healthy",
+        "completed",
+        "completed_successfully",
+        "log_ready",
+    ];
+
+    /// The condition's name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyCondition::Started => "started",
+            DependencyCondition::Healthy => "healthy",
+            DependencyCondition::Completed => "completed",
+            DependencyCondition::CompletedSuccessfully => "completed_successfully",
+            DependencyCondition::LogReady => "log_ready",
+        }
+    }
 }
 
 /// How to run and stop a managed process.

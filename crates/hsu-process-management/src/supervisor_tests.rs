@@ -84,6 +84,8 @@ fn def(id: &str, tune: impl FnOnce(&mut ControlSpec)) -> ProcessDefinition {
         discovery: None,
         metadata: Default::default(),
         profile_type: None,
+        depends_on: Vec::new(),
+        ready_log_line: None,
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod canonical;
 mod ctx;
+mod deps;
 mod health;
 mod limits;
 mod manager;

@@ -3,6 +3,7 @@
 
 use super::canonical;
 use super::ctx::{Ctx, Map};
+use super::deps;
 use super::nested;
 use super::values::hint;
 use super::yaml::{Node, Value};
@@ -30,13 +31,16 @@ const TYPES: [(&str, ProcessType); 3] = [
 ];
 const TYPE_NAMES: [&str; 3] = ["standard_managed", "integrated_managed", "unmanaged"];
 
-const ENTRY_KEYS: [&str; 6] = [
+const ENTRY_KEYS: [&str; 9] = [
     "id",
     "type",
     "enabled",
     "profile_type",
     "metadata",
     "management",
+    "depends_on",
+    "depends_on_timeout",
+    "ready_log_line",
 ];
 
 /// `managed_processes`: every entry, checked, plus the uniqueness of ids.
@@ -48,6 +52,7 @@ pub(crate) fn list(cx: &mut Ctx, node: &Node, path: &str) -> Vec<ProcessDefiniti
     };
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut sites = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let item_path = format!("{path}[{i}]");
         let Some(m) = cx.map(item, &item_path, &ENTRY_KEYS) else {
@@ -62,8 +67,11 @@ pub(crate) fn list(cx: &mut Ctx, node: &Node, path: &str) -> Vec<ProcessDefiniti
                 seen.insert(id.clone(), at.line);
             }
         }
-        out.push(entry(cx, &m, id.unwrap_or_default()));
+        let (def, at) = entry(cx, &m, id.unwrap_or_default());
+        out.push(def);
+        sites.push(at);
     }
+    deps::check(cx, &out, &sites);
     out
 }
 
@@ -80,7 +88,7 @@ fn id(cx: &mut Ctx, m: &Map) -> Option<String> {
     Some(id)
 }
 
-fn entry(cx: &mut Ctx, m: &Map, id: String) -> ProcessDefinition {
+fn entry(cx: &mut Ctx, m: &Map, id: String) -> (ProcessDefinition, Vec<deps::Site>) {
     let given = m.get("type").map(|n| process_type(cx, n, &m.at("type")));
     let enabled = m.field(cx, "enabled", Ctx::boolean).unwrap_or(true);
     let profile_type = m.field(cx, "profile_type", Ctx::string);
@@ -97,7 +105,9 @@ fn entry(cx: &mut Ctx, m: &Map, id: String) -> ProcessDefinition {
         }
     };
     metadata.extend(parts.metadata);
-    ProcessDefinition {
+    let (depends_on, sites) = deps::entry(cx, m);
+    let ready_log_line = deps::ready_log_line(cx, m);
+    let def = ProcessDefinition {
         id,
         process_type,
         enabled,
@@ -107,7 +117,10 @@ fn entry(cx: &mut Ctx, m: &Map, id: String) -> ProcessDefinition {
         discovery: parts.discovery,
         metadata,
         profile_type,
-    }
+        depends_on,
+        ready_log_line,
+    };
+    (def, sites)
 }
 
 /// The process type. On a misspelling, the problem is reported and the suggested type
