@@ -29,6 +29,7 @@
 //! reap a process it does not know to be an orphan.
 
 pub mod config;
+pub mod deps;
 pub mod facade;
 pub mod lifecycle;
 pub mod manager;

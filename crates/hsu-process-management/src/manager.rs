@@ -145,6 +145,7 @@ impl ProcessManager {
             durable: durable.clone(),
             capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
             tag_prefix: options.base_directory.display().to_string(),
+            peers: Arc::new(crate::deps::Peers::default()),
         });
         let manager = ProcessManager {
             inner: Arc::new(Inner {

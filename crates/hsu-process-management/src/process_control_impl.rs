@@ -30,6 +30,7 @@
 //! work done in the loop itself is a spawn and a few `/proc` reads; file writes go to the
 //! background writer.
 
+use crate::deps::{self, Peers, Verdict};
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
 use crate::platform::{Platform, ProbeRequest, Tree};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
@@ -75,6 +76,8 @@ pub struct Context {
     pub capture: CaptureFiles,
     /// Prefix of the owner tag exported to every process tree (the base directory).
     pub tag_prefix: String,
+    /// What every supervisor publishes, by id, for `depends_on`.
+    pub peers: Arc<Peers>,
 }
 
 impl Context {
@@ -174,16 +177,23 @@ enum Input {
         run: RunId,
         result: Result<(), String>,
     },
+    Deps(Verdict),
+    DepRestarted(String),
+    LogReady(RunId),
     /// The earliest deadline of the current phase has passed.
     Timer,
 }
 
 /// What the supervisor's own tasks send it: exits from the waiters, outcomes from the
-/// health checker, answers to the Shutdown call.
-enum Internal {
+/// health checker, answers to the Shutdown call, what its dependencies have reached.
+pub(crate) enum Internal {
     Exited(RunId, std::io::Result<ExitInfo>),
     Probed(RunId, ProbeOutcome),
     ShutdownAnswered(RunId, Result<(), String>),
+    /// The dependencies' conditions, when that changed.
+    Deps(Verdict),
+    /// A dependency whose `restart: propagate` was asked for started a new run.
+    DepRestarted(String),
 }
 
 /// What callers send: commands and reports (exits come from the supervisor's own
@@ -191,6 +201,7 @@ enum Internal {
 enum Message {
     Command(Command),
     Report { run: RunId, report: Report },
+    LogReady(RunId),
 }
 
 /// What the supervisor publishes after every input.
@@ -202,6 +213,10 @@ pub struct Published {
     pub run: Option<RunId>,
     /// What the health checks found (of the current run, or of the last one).
     pub health: HealthReport,
+    /// A line of the current run's output matched `ready_log_line`.
+    pub log_ready: bool,
+    /// While waiting to start: the dependencies not met yet, as `id (condition)`.
+    pub waiting_for: Vec<String>,
 }
 
 /// The caller's side of one supervisor task. Cheap to clone.
@@ -229,6 +244,8 @@ impl ProcessHandle {
             status: initial,
             run: None,
             health: HealthReport::unknown(),
+            log_ready: false,
+            waiting_for: Vec::new(),
         });
         let supervisor = Supervisor {
             machine: StateMachine::stopped_because(&def.id, reason),
@@ -245,10 +262,15 @@ impl ProcessHandle {
             internal: exit_tx,
             health: HealthTracker::new(1, 1),
             checker: None,
+            gate: None,
+            verdict: Verdict::Met,
+            deps_task: None,
+            log_ready: false,
             status_tx,
             ended: false,
         };
         let id = supervisor.def.id.clone();
+        supervisor.ctx.peers.insert(&id, status_rx.clone());
         tokio::spawn(supervisor.run(rx, exit_rx));
         ProcessHandle {
             id,
@@ -275,6 +297,12 @@ impl ProcessHandle {
     /// What the health checks found.
     pub fn health(&self) -> HealthReport {
         self.status.borrow().health.clone()
+    }
+
+    /// A line of `run`'s output matched its `ready_log_line` (the condition `log_ready`
+    /// of its dependents); one about an earlier run is ignored.
+    pub fn log_ready(&self, run: RunId) {
+        let _ = self.messages.send(Message::LogReady(run));
     }
 
     /// Hands a monitor's report to the supervisor; one about an earlier run is ignored.
@@ -432,11 +460,23 @@ struct Teardown {
     then: Then,
 }
 
+/// A start held until the dependencies meet their conditions.
+#[derive(Debug, Clone)]
+struct Gate {
+    why: String,
+    /// Forget earlier failures when it starts (a start by hand).
+    reset: bool,
+    /// When the wait began (dependency timeouts count from here).
+    since: Instant,
+}
+
 /// Each visible state with the data only it has (see the module docs).
 enum Phase {
     Stopped {
         leftovers: Option<Teardown>,
     },
+    /// `starting`, waiting for its dependencies: nothing runs yet.
+    Waiting(Gate),
     Running(Run),
     Stopping(Teardown),
     Failed {
@@ -451,6 +491,7 @@ impl Phase {
     fn state(&self) -> ProcessState {
         match self {
             Phase::Stopped { .. } => ProcessState::Stopped,
+            Phase::Waiting(_) => ProcessState::Starting,
             Phase::Running(r) if r.ready => ProcessState::Running,
             Phase::Running(_) => ProcessState::Starting,
             Phase::Stopping(_) => ProcessState::Stopping,
@@ -462,7 +503,7 @@ impl Phase {
         match self {
             Phase::Stopping(t) => Some(t),
             Phase::Stopped { leftovers } | Phase::Failed { leftovers, .. } => leftovers.as_mut(),
-            Phase::Running(_) => None,
+            Phase::Running(_) | Phase::Waiting(_) => None,
         }
     }
 
@@ -470,7 +511,7 @@ impl Phase {
         match self {
             Phase::Stopping(t) => Some(t),
             Phase::Stopped { leftovers } | Phase::Failed { leftovers, .. } => leftovers.as_ref(),
-            Phase::Running(_) => None,
+            Phase::Running(_) | Phase::Waiting(_) => None,
         }
     }
 }
@@ -497,6 +538,15 @@ struct Supervisor {
     health: HealthTracker,
     /// The task probing the current run, if it is probed.
     checker: Option<(RunId, AbortHandle)>,
+    /// A start waiting for the dependencies (while `Waiting`, or `Failed` because a
+    /// dependency failed): it goes ahead once they are met.
+    gate: Option<Gate>,
+    /// What the dependencies have reached, as last reported (`Met` with none).
+    verdict: Verdict,
+    /// The task watching the dependencies, while there are any.
+    deps_task: Option<AbortHandle>,
+    /// A line of the current run's output matched `ready_log_line`.
+    log_ready: bool,
     status_tx: watch::Sender<Published>,
     /// Set when the supervisor has finished its last teardown and must return.
     ended: bool,
@@ -526,6 +576,7 @@ impl Supervisor {
         mut messages: mpsc::UnboundedReceiver<Message>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
+        self.watch_deps();
         self.publish();
         let mut callers_gone = false;
         while !self.ended {
@@ -539,10 +590,13 @@ impl Supervisor {
                     Internal::ShutdownAnswered(run, result) => {
                         Input::ShutdownAnswered { run, result }
                     }
+                    Internal::Deps(verdict) => Input::Deps(verdict),
+                    Internal::DepRestarted(id) => Input::DepRestarted(id),
                 },
                 msg = messages.recv(), if !callers_gone => match msg {
                     Some(Message::Command(c)) => Input::Command(c),
                     Some(Message::Report { run, report }) => Input::Report { run, report },
+                    Some(Message::LogReady(run)) => Input::LogReady(run),
                     None => {
                         // Every handle is gone: nobody can stop the process any more.
                         callers_gone = true;
@@ -572,6 +626,36 @@ impl Supervisor {
         if let Some((_, checker)) = self.checker.take() {
             checker.abort();
         }
+        if let Some(task) = self.deps_task.take() {
+            task.abort();
+        }
+        self.ctx
+            .peers
+            .remove_if(self.id(), &self.status_tx.subscribe());
+    }
+
+    /// (Re)starts the task watching the dependencies of the current definition; until it
+    /// reports, none counts as met.
+    fn watch_deps(&mut self) {
+        if let Some(task) = self.deps_task.take() {
+            task.abort();
+        }
+        let deps = self.def.depends_on.clone();
+        if deps.is_empty() {
+            self.verdict = Verdict::Met;
+            return;
+        }
+        self.verdict = Verdict::Waiting(
+            deps.iter()
+                .map(|d| (d.clone(), format!("{} ({})", d.id, d.condition.as_str())))
+                .collect(),
+        );
+        let task = tokio::spawn(deps::watch(
+            deps,
+            self.ctx.peers.clone(),
+            self.internal.clone(),
+        ));
+        self.deps_task = Some(task.abort_handle());
     }
 
     /// After a panic in a step: report it (journal, log) and bring the visible state back
@@ -611,6 +695,13 @@ impl Supervisor {
             Input::Report { run, report } => self.on_report(run, report, now),
             Input::Probed { run, outcome } => self.on_probed(run, outcome, now),
             Input::ShutdownAnswered { run, result } => self.on_shutdown_answered(run, result, now),
+            Input::Deps(verdict) => self.on_deps(verdict, now),
+            Input::DepRestarted(id) => self.on_dep_restarted(&id, now),
+            Input::LogReady(run) => {
+                if matches!(&self.phase, Phase::Running(r) if r.id == run) {
+                    self.log_ready = true;
+                }
+            }
             Input::Timer => self.on_timer(now),
         }
         // A deadline the input made due (a forced stop, an exit that may have emptied
@@ -635,7 +726,19 @@ impl Supervisor {
                 leftovers: None,
             } => retry.map(|r| r.at),
             Phase::Stopped { leftovers: None } => None,
+            Phase::Waiting(gate) => self.gate_deadline(gate),
         }
+    }
+
+    /// When the first unmet dependency with a timeout runs out of time.
+    fn gate_deadline(&self, gate: &Gate) -> Option<Instant> {
+        let Verdict::Waiting(unmet) = &self.verdict else {
+            return None;
+        };
+        unmet
+            .iter()
+            .filter_map(|(d, _)| d.timeout.map(|t| gate.since + t))
+            .min()
     }
 
     // ---- inputs ------------------------------------------------------------------
@@ -688,6 +791,18 @@ impl Supervisor {
             } => {
                 const WHY: &str = "reload: definition changed";
                 self.replacement = Some(Box::new((*def, *control)));
+                if let Phase::Waiting(gate) = &self.phase {
+                    // Nothing runs: the new definition applies now, and the wait starts
+                    // over on its dependencies.
+                    let why = gate.why.clone();
+                    self.absorb_replacement();
+                    self.enter(Phase::Stopped { leftovers: None }, WHY);
+                    if start {
+                        self.launch_run(why, true, now);
+                    }
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
                 match &mut self.phase {
                     Phase::Running(_) if start => {
                         let then = Then::Start {
@@ -727,17 +842,14 @@ impl Supervisor {
     fn request_start(&mut self, why: String, reset: bool, reply: Reply, now: Instant) {
         let gone = self.gone_error();
         match &mut self.phase {
-            Phase::Running(_) => {
+            Phase::Running(_) | Phase::Waiting(_) => {
                 let _ = reply.send(Ok(()));
             }
             Phase::Stopped { leftovers: None }
             | Phase::Failed {
                 leftovers: None, ..
             } => {
-                if reset {
-                    self.tracker.reset();
-                }
-                self.start_child(&why, now);
+                self.launch_run(why, reset, now);
                 let _ = reply.send(Ok(()));
             }
             Phase::Stopping(t)
@@ -762,6 +874,11 @@ impl Supervisor {
     }
 
     fn request_stop(&mut self, why: &str, force: bool, reply: Reply, now: Instant) {
+        self.gate = None;
+        if let Phase::Waiting(_) = &self.phase {
+            // Nothing runs yet: stopped at once.
+            self.enter(Phase::Stopped { leftovers: None }, why);
+        }
         if let Phase::Failed { leftovers, .. } = &mut self.phase {
             // Waiting to restart (or given up): stopped from here, leftovers included.
             let leftovers = leftovers.take();
@@ -797,16 +914,21 @@ impl Supervisor {
                     t.force(now);
                 }
             }
-            // Not reached: a failed process was moved to stopped above.
+            // Not reached: a failed or waiting process was moved to stopped above.
             Phase::Failed {
                 leftovers: None, ..
-            } => {
+            }
+            | Phase::Waiting(_) => {
                 let _ = reply.send(Ok(()));
             }
         }
     }
 
     fn request_end(&mut self, why: Ending, deadline: Instant, reply: Reply, now: Instant) {
+        self.gate = None;
+        if let Phase::Waiting(_) = &self.phase {
+            self.enter(Phase::Stopped { leftovers: None }, why.reason());
+        }
         if let Phase::Failed { leftovers, .. } = &mut self.phase {
             let leftovers = leftovers.take();
             self.enter(Phase::Stopped { leftovers }, why.reason());
@@ -825,7 +947,8 @@ impl Supervisor {
             Phase::Stopped { leftovers: None }
             | Phase::Failed {
                 leftovers: None, ..
-            } => {
+            }
+            | Phase::Waiting(_) => {
                 self.ended = true;
                 let _ = reply.send(Ok(()));
             }
@@ -998,7 +1121,122 @@ impl Supervisor {
         }
     }
 
+    fn on_deps(&mut self, verdict: Verdict, now: Instant) {
+        self.verdict = verdict;
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        match (&self.phase, &self.verdict) {
+            (Phase::Waiting(_), Verdict::Met)
+            | (
+                Phase::Failed {
+                    retry: None,
+                    leftovers: None,
+                },
+                Verdict::Met,
+            ) => {
+                self.gate = None;
+                if gate.reset {
+                    self.tracker.reset();
+                }
+                self.start_child(&gate.why, now);
+            }
+            (Phase::Waiting(_), Verdict::Failed(why)) => {
+                let why = why.clone();
+                tracing::warn!(id = self.id(), "{why}");
+                self.enter(
+                    Phase::Failed {
+                        retry: None,
+                        leftovers: None,
+                    },
+                    format!("{why}; starts once it recovers"),
+                );
+            }
+            (Phase::Waiting(_), Verdict::Waiting(_)) => {
+                let reason = self.verdict.describe();
+                self.machine.set_reason(reason);
+            }
+            (
+                Phase::Failed {
+                    retry: None,
+                    leftovers: None,
+                },
+                Verdict::Waiting(_),
+            ) => {
+                // The failed dependency is on its way back: wait for it again.
+                let reason = self.verdict.describe();
+                let gate = Gate { since: now, ..gate };
+                self.enter(Phase::Waiting(gate), reason);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_dep_restarted(&mut self, dep: &str, now: Instant) {
+        if let Phase::Running(_) = &self.phase {
+            let why = format!("its dependency {dep} restarted");
+            let then = Then::Start {
+                why: format!("restarted with its dependency {dep}"),
+                reset: false,
+                replies: Vec::new(),
+            };
+            tracing::info!(id = self.id(), "{why}: restarting (restart: propagate)");
+            self.begin_stop(&why, then, false, now);
+        }
+    }
+
+    /// Starts a run now, or, while a dependency does not meet its condition, waits for it
+    /// in `starting` (the wait is bounded by each dependency's timeout, if any).
+    fn launch_run(&mut self, why: String, reset: bool, now: Instant) {
+        self.absorb_replacement();
+        if self.def.depends_on.is_empty() || self.verdict == Verdict::Met {
+            self.gate = None;
+            if reset {
+                self.tracker.reset();
+            }
+            self.start_child(&why, now);
+            return;
+        }
+        let gate = Gate {
+            why,
+            reset,
+            since: now,
+        };
+        self.gate = Some(gate.clone());
+        let waiting = self.verdict.describe();
+        match &self.verdict {
+            Verdict::Failed(failed) => {
+                let reason = format!("{failed}; starts once it recovers");
+                // Through `starting`, as every start: it waits, and says for what.
+                self.enter(Phase::Waiting(gate), waiting);
+                self.enter(
+                    Phase::Failed {
+                        retry: None,
+                        leftovers: None,
+                    },
+                    reason,
+                );
+            }
+            _ => self.enter(Phase::Waiting(gate), waiting),
+        }
+    }
+
     fn on_timer(&mut self, now: Instant) {
+        if let Phase::Waiting(gate) = &self.phase {
+            if self.gate_deadline(gate).is_some_and(|at| at <= now) {
+                let waited = humantime::format_duration(round_ms(now - gate.since));
+                let why = format!("timed out after {waited} {}", self.verdict.describe());
+                tracing::warn!(id = self.id(), "{why}");
+                self.enter(
+                    Phase::Failed {
+                        retry: None,
+                        leftovers: None,
+                    },
+                    format!("{why}; starts once they are met"),
+                );
+            }
+            return;
+        }
         match &mut self.phase {
             Phase::Running(run) => {
                 if run.stable_at.is_some_and(|at| at <= now) {
@@ -1024,10 +1262,11 @@ impl Supervisor {
                         "restart after backoff"
                     };
                     self.restart_count += 1;
-                    self.start_child(why, now);
+                    self.launch_run(why.to_owned(), false, now);
                 }
             }
             Phase::Stopped { leftovers: None }
+            | Phase::Waiting(_)
             | Phase::Failed {
                 retry: None,
                 leftovers: None,
@@ -1056,6 +1295,15 @@ impl Supervisor {
         if from == to {
             // E.g. spawned, still `starting` until its first passing check.
             self.machine.set_reason(reason);
+        } else if from == ProcessState::Starting
+            && to == ProcessState::Stopped
+            && matches!(self.phase, Phase::Waiting(_))
+        {
+            // Stopped while waiting for its dependencies: nothing ran, nothing to stop.
+            let _ =
+                self.machine
+                    .transition(ProcessState::Stopping, reason.as_str(), events.as_ref());
+            let _ = self.machine.transition(to, reason, events.as_ref());
         } else if from == ProcessState::Starting && to == ProcessState::Stopped {
             // Ended (completed, or stopped with a leftover teardown) before it was ever
             // healthy: `starting` has no move to `stopped` of its own, so through
@@ -1302,10 +1550,7 @@ impl Supervisor {
                 reset,
                 replies,
             } => {
-                if reset {
-                    self.tracker.reset();
-                }
-                self.start_child(&why, now);
+                self.launch_run(why, reset, now);
                 answer(replies, &Ok(()));
             }
             Then::End { replies } => {
@@ -1323,8 +1568,12 @@ impl Supervisor {
         if let Some(replacement) = self.replacement.take() {
             let (def, control) = *replacement;
             self.tracker = RestartTracker::new(control.restart_policy, control.restart.clone());
+            let deps_changed = def.depends_on != self.def.depends_on;
             self.def = def;
             self.control = control;
+            if deps_changed {
+                self.watch_deps();
+            }
         }
     }
 
@@ -1339,6 +1588,7 @@ impl Supervisor {
         {
             tracing::error!("{e}");
         }
+        self.log_ready = false;
         let (spec, port) = self.spawn_spec();
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
@@ -1592,16 +1842,29 @@ impl Supervisor {
             }
             _ => self.health.report().clone(),
         };
+        let waiting_for = match (&self.phase, &self.verdict) {
+            (Phase::Waiting(_), Verdict::Waiting(unmet)) => {
+                unmet.iter().map(|(_, s)| s.clone()).collect()
+            }
+            _ => Vec::new(),
+        };
         let published = Published {
             status,
             run,
             health,
+            log_ready: self.log_ready && run.is_some(),
+            waiting_for,
         };
+        let mut relevant = false;
         self.status_tx.send_if_modified(|old| {
             let changed = *old != published;
+            relevant = deps::relevant_change(old, &published);
             *old = published;
             changed
         });
+        if relevant {
+            self.ctx.peers.bump();
+        }
     }
 }
 

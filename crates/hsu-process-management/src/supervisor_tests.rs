@@ -7,8 +7,8 @@ use crate::process_control_impl::{Published, Report};
 use crate::{ManagerOptions, ProcessManager};
 use hsu_common::{EventKind, EventSink, ProcessState};
 use hsu_managed_process::{
-    Circuit, ControlSpec, HealthCheckKind, HealthCheckSpec, ProcessDefinition, ProcessStatus,
-    ProcessType, RestartPolicy, RestartTuning, TriggerOverride,
+    Circuit, ControlSpec, Dependency, DependencyCondition, HealthCheckKind, HealthCheckSpec,
+    ProcessDefinition, ProcessStatus, ProcessType, RestartPolicy, RestartTuning, TriggerOverride,
 };
 use hsu_monitoring::{HealthReport, HealthStatus};
 use std::future::Future;
@@ -943,4 +943,170 @@ async fn an_integrated_process_that_ignores_the_call_is_signalled_after_the_grac
     s.manager.stop_process("api", false).await.unwrap();
     assert!(began.elapsed() < secs(1));
     assert_eq!(s.fake.rpc_calls(), 2);
+}
+
+// ---- depends_on ------------------------------------------------------------------
+
+fn needs(mut d: ProcessDefinition, deps: &[(&str, DependencyCondition)]) -> ProcessDefinition {
+    d.depends_on = deps
+        .iter()
+        .map(|(id, condition)| Dependency {
+            id: (*id).into(),
+            condition: *condition,
+            timeout: None,
+            propagate_restart: false,
+        })
+        .collect();
+    d
+}
+
+impl Setup {
+    fn spawned(&self, id: &str) -> bool {
+        !self.fake.alive(&self.tag(id)).is_empty()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_waits_for_its_dependency_to_be_healthy() {
+    let s = Setup::new(vec![
+        probed("db", |h| h.initial_delay = secs(5), |_| {}),
+        needs(def("app", |_| {}), &[("db", DependencyCondition::Healthy)]),
+    ])
+    .await;
+    let st = s.status("app");
+    assert_eq!(st.state, ProcessState::Starting);
+    assert_eq!(st.reason, "waiting for db (healthy)");
+    assert!(!s.spawned("app"));
+    let p = s
+        .manager
+        .supervisor("app")
+        .unwrap()
+        .watch()
+        .borrow()
+        .clone();
+    assert_eq!(p.waiting_for, ["db (healthy)"]);
+    s.until("app", |st| st.state == ProcessState::Running).await;
+    // db passed its first check (at 5 s) before app was spawned.
+    assert_eq!(s.status("db").state, ProcessState::Running);
+    assert!(s.fake.probes() >= 1);
+    // A stop while waiting: nothing ran, nothing is left.
+    s.manager.stop_process("app", false).await.unwrap();
+    s.manager.stop_process("db", false).await.unwrap();
+    s.manager.start_process("app").await.unwrap();
+    assert_eq!(s.status("app").state, ProcessState::Starting);
+    s.manager.stop_process("app", false).await.unwrap();
+    assert_eq!(s.status("app").state, ProcessState::Stopped);
+    assert!(!s.spawned("app"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_dependency_fails_its_dependents_until_it_recovers() {
+    let s = Setup::new(vec![
+        def("db", |c| {
+            c.restart_policy = RestartPolicy::OnFailure;
+            c.restart.retry_delay = secs(10);
+        }),
+        needs(
+            probed("app", |h| h.initial_delay = secs(3600), |_| {}),
+            &[("db", DependencyCondition::Started)],
+        ),
+    ])
+    .await;
+    // db is up, app started (and waits for its own first check).
+    s.until("app", |st| st.pid.is_some()).await;
+    s.manager.stop_process("app", false).await.unwrap();
+    s.fake.exit(s.pid("db"), 1);
+    s.until("db", |st| st.state == ProcessState::Failed).await;
+    s.manager.start_process("app").await.unwrap();
+    let st = s.status("app");
+    assert_eq!(st.state, ProcessState::Failed);
+    assert!(
+        st.reason.starts_with("dependency db failed (started)"),
+        "{}",
+        st.reason
+    );
+    // db restarts after its backoff; app follows on its own.
+    s.until("app", |st| st.pid.is_some()).await;
+    assert_eq!(s.status("db").state, ProcessState::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn completed_successfully_gates_on_the_exit_code() {
+    let s = Setup::new(vec![
+        def("migrate", |c| c.restart_policy = RestartPolicy::Never),
+        needs(
+            def("app", |_| {}),
+            &[("migrate", DependencyCondition::CompletedSuccessfully)],
+        ),
+    ])
+    .await;
+    assert_eq!(s.status("app").state, ProcessState::Starting);
+    s.fake.exit(s.pid("migrate"), 0);
+    s.until("app", |st| st.state == ProcessState::Running).await;
+
+    let s = Setup::new(vec![
+        def("migrate", |c| c.restart_policy = RestartPolicy::Never),
+        needs(
+            def("app", |_| {}),
+            &[("migrate", DependencyCondition::CompletedSuccessfully)],
+        ),
+    ])
+    .await;
+    s.fake.exit(s.pid("migrate"), 3);
+    let st = s.until("app", |st| st.state == ProcessState::Failed).await;
+    assert!(
+        st.reason.contains("dependency migrate failed"),
+        "{}",
+        st.reason
+    );
+    assert!(!s.spawned("app"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_timeout_fails_the_wait() {
+    let mut app = needs(def("app", |_| {}), &[("db", DependencyCondition::Healthy)]);
+    app.depends_on[0].timeout = Some(secs(30));
+    let s = Setup::new(vec![
+        probed("db", |h| h.initial_delay = secs(3600), |_| {}),
+        app,
+    ])
+    .await;
+    let began = Instant::now();
+    let st = s.until("app", |st| st.state == ProcessState::Failed).await;
+    assert_eq!(began.elapsed(), secs(30));
+    assert!(
+        st.reason
+            .starts_with("timed out after 30s waiting for db (healthy)"),
+        "{}",
+        st.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_propagate_restarts_the_dependent_with_its_dependency() {
+    let mut app = needs(def("app", |_| {}), &[("db", DependencyCondition::Started)]);
+    app.depends_on[0].propagate_restart = true;
+    let s = Setup::new(vec![
+        def("db", |_| {}),
+        app,
+        needs(
+            def("other", |_| {}),
+            &[("db", DependencyCondition::Started)],
+        ),
+    ])
+    .await;
+    s.until("app", |st| st.state == ProcessState::Running).await;
+    s.until("other", |st| st.state == ProcessState::Running)
+        .await;
+    let (app_pid, other_pid) = (s.pid("app"), s.pid("other"));
+    s.manager.restart_process("db", false).await.unwrap();
+    s.until("app", |st| {
+        st.state == ProcessState::Running && st.pid != Some(app_pid)
+    })
+    .await;
+    assert_eq!(
+        s.pid("other"),
+        other_pid,
+        "without propagate it is left alone"
+    );
 }
