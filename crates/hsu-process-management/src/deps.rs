@@ -197,13 +197,13 @@ pub(crate) async fn watch(
                 continue;
             };
             let before = runs.insert(dep.id.clone(), run);
-            if dep.propagate_restart && before.is_some_and(|b| b != run) {
-                if internal
+            if dep.propagate_restart
+                && before.is_some_and(|b| b != run)
+                && internal
                     .send(Internal::DepRestarted(dep.id.clone()))
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
         if changes.changed().await.is_err() {
