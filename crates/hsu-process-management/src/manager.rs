@@ -3,7 +3,7 @@
 
 use crate::platform::{OsPlatform, Platform};
 use crate::process_control_impl::{Context, Ending, ProcessHandle};
-use hsu_common::{EventKind, EventSink};
+use hsu_common::{EventKind, EventSink, ProcessState};
 use hsu_managed_process::{
     ControlError, ControlSpec, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
 };
@@ -380,16 +380,74 @@ impl ProcessManager {
     /// Stops a process; resolves when nothing of its tree is left. `force` sends SIGKILL
     /// to the whole tree at once (and ends a graceful stop already in progress). The
     /// process stays stopped, across manager restarts too, until started by hand.
+    ///
+    /// Processes that depend on it (directly or not) and are not stopped are stopped
+    /// first, dependents before their dependencies, each saying why; the stop's reason
+    /// names them.
     pub async fn stop_process(&self, id: &str, force: bool) -> Result<(), ControlError> {
-        match self.handle_for(id, false)? {
-            Some(handle) => {
-                let result = handle.stop(force).await;
-                self.durable_barrier().await;
-                result
-            }
+        let Some(handle) = self.handle_for(id, false)? else {
             // A disabled process that was never started is already stopped.
-            None => Ok(()),
+            return Ok(());
+        };
+        let dependents = self.running_dependents(id);
+        let why = if dependents.is_empty() {
+            "stopped by request".to_owned()
+        } else {
+            let ids: Vec<&str> = dependents.iter().map(|(d, _)| d.as_str()).collect();
+            format!(
+                "stopped by request; its dependents {} were stopped first",
+                ids.join(", ")
+            )
+        };
+        let reason = format!("stopped with its dependency {id}");
+        let handles: Vec<(String, ProcessHandle)> = dependents;
+        let graph = self.dependency_graph();
+        stop_in_order(handles, &graph, |h| {
+            let reason = reason.clone();
+            async move { h.stop_because(force, &reason).await }
+        })
+        .await;
+        let result = handle.stop_because(force, &why).await;
+        self.durable_barrier().await;
+        result
+    }
+
+    /// The supervised processes that depend on `id`, directly or through others, and
+    /// are not stopped.
+    fn running_dependents(&self, id: &str) -> Vec<(String, ProcessHandle)> {
+        let entries = self.entries();
+        let mut found: Vec<String> = Vec::new();
+        let mut frontier = vec![id.to_owned()];
+        while let Some(at) = frontier.pop() {
+            for e in entries.iter() {
+                let depends = e.def.depends_on.iter().any(|d| d.id == at);
+                if depends && e.def.id != id && !found.contains(&e.def.id) {
+                    found.push(e.def.id.clone());
+                    frontier.push(e.def.id.clone());
+                }
+            }
         }
+        entries
+            .iter()
+            .filter(|e| found.contains(&e.def.id))
+            .filter_map(|e| match &e.supervision {
+                Supervision::Managed(h) if h.status().state != ProcessState::Stopped => {
+                    Some((e.def.id.clone(), h.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every process's dependencies: id → the ids it depends on.
+    pub fn dependency_graph(&self) -> HashMap<String, Vec<String>> {
+        self.entries()
+            .iter()
+            .map(|e| {
+                let deps = e.def.depends_on.iter().map(|d| d.id.clone()).collect();
+                (e.def.id.clone(), deps)
+            })
+            .collect()
     }
 
     /// Stops (if running) and starts again; `force` ignores an open breaker.
@@ -566,7 +624,8 @@ impl ProcessManager {
             })
             .collect();
         *self.entries() = statuses;
-        stop_all(entries, deadline).await;
+        let graph = self.dependency_graph();
+        stop_all(entries, &graph, deadline).await;
         // PID-file removals and state.json reach the disk before the manager exits.
         let writer = self.inner.ctx.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
@@ -602,17 +661,61 @@ fn status_of(e: &Entry) -> ProcessStatus {
     }
 }
 
-/// Ends the supervisors of `entries` in parallel (each stop bounded by `deadline`).
-async fn stop_all(entries: Vec<Entry>, deadline: Instant) {
+/// Ends the supervisors of `entries` (each stop bounded by `deadline`): dependents
+/// before what they depend on, independent branches in parallel.
+async fn stop_all(entries: Vec<Entry>, graph: &HashMap<String, Vec<String>>, deadline: Instant) {
+    let handles = entries
+        .into_iter()
+        .filter_map(|e| match e.supervision {
+            Supervision::Managed(h) => Some((e.def.id.clone(), h)),
+            Supervision::Idle(_) => None,
+        })
+        .collect();
+    stop_in_order(handles, graph, |handle| async move {
+        handle.end(Ending::Shutdown, deadline).await
+    })
+    .await;
+}
+
+/// Runs `stop` on every handle, each only once every process among `handles` that
+/// depends on it (per `graph`: id → its dependencies) has finished; all others in
+/// parallel. Config validation rules out cycles; should one slip through, its members
+/// do not wait for each other.
+async fn stop_in_order<F, Fut>(
+    handles: Vec<(String, ProcessHandle)>,
+    graph: &HashMap<String, Vec<String>>,
+    stop: F,
+) where
+    F: Fn(ProcessHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ControlError>> + Send + 'static,
+{
+    let ids: Vec<String> = handles.iter().map(|(id, _)| id.clone()).collect();
+    let mut done: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    for id in &ids {
+        done.insert(id.clone(), watch::channel(false).0);
+    }
     let mut stops = JoinSet::new();
-    for entry in entries {
-        if let Supervision::Managed(handle) = entry.supervision {
-            stops.spawn(async move {
-                if let Err(e) = handle.end(Ending::Shutdown, deadline).await {
-                    tracing::warn!(id = handle.id(), "shutdown: {e}");
-                }
-            });
-        }
+    for (id, handle) in handles {
+        // Those among the set that depend on `id` (not in a cycle with it).
+        let waits: Vec<watch::Receiver<bool>> = ids
+            .iter()
+            .filter(|other| graph.get(*other).is_some_and(|d| d.contains(&id)))
+            .filter(|other| !graph.get(&id).is_some_and(|d| d.contains(other)))
+            .filter_map(|other| done.get(other).map(watch::Sender::subscribe))
+            .collect();
+        let finished = done.get(&id).map(watch::Sender::clone);
+        let fut = stop(handle.clone());
+        stops.spawn(async move {
+            for mut w in waits {
+                let _ = w.wait_for(|d| *d).await;
+            }
+            if let Err(e) = fut.await {
+                tracing::warn!(id = handle.id(), "stop: {e}");
+            }
+            if let Some(f) = finished {
+                f.send_replace(true);
+            }
+        });
     }
     while stops.join_next().await.is_some() {}
 }

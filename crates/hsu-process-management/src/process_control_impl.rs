@@ -121,7 +121,11 @@ enum Command {
         reply: Reply,
     },
     /// Stop; `force` SIGKILLs the tree at once (also ending a graceful stop in progress).
-    Stop { force: bool, reply: Reply },
+    Stop {
+        force: bool,
+        why: String,
+        reply: Reply,
+    },
     /// Stop if running, then start; `force` ignores an open breaker.
     Restart { force: bool, reply: Reply },
     /// A reload changed the definition: stop the old run, then start the new definition
@@ -347,6 +351,13 @@ impl ProcessHandle {
         .await
     }
 
+    /// Stops the process as requested, saying why (e.g. with a dependency); it stays
+    /// stopped until started by hand.
+    pub async fn stop_because(&self, force: bool, why: &str) -> Result<(), ControlError> {
+        let why = why.to_owned();
+        self.call(|reply| Command::Stop { force, why, reply }).await
+    }
+
     /// Stops the process (the stop bounded by `deadline`) and ends the supervisor.
     pub async fn end(&self, why: Ending, deadline: Instant) -> Result<(), ControlError> {
         self.call(|reply| Command::End {
@@ -377,7 +388,7 @@ impl ProcessControl for ProcessHandle {
     }
 
     async fn stop(&self, force: bool) -> Result<(), ControlError> {
-        self.call(|reply| Command::Stop { force, reply }).await
+        self.stop_because(force, "stopped by request").await
     }
 
     async fn restart(&self, force: bool) -> Result<(), ControlError> {
@@ -755,9 +766,9 @@ impl Supervisor {
                 }
                 self.request_start(why, by_hand, reply, now);
             }
-            Command::Stop { force, reply } => {
+            Command::Stop { force, why, reply } => {
                 self.ctx.durable.set_stopped_by_hand(self.id(), true);
-                self.request_stop("stopped by request", force, reply, now);
+                self.request_stop(&why, force, reply, now);
             }
             Command::Restart { force, reply } => {
                 if self.tracker.circuit() == Circuit::Open && !force {

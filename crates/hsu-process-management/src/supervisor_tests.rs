@@ -1110,3 +1110,62 @@ async fn restart_propagate_restarts_the_dependent_with_its_dependency() {
         "without propagate it is left alone"
     );
 }
+
+impl Recorder {
+    /// The ids in the order they reached `stopped`.
+    fn stop_order(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(i, k)| match k {
+                EventKind::StateChanged { to, .. } if *to == ProcessState::Stopped => i.clone(),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependents_stop_before_their_dependencies() {
+    let defs = || {
+        vec![
+            def("db", |_| {}),
+            needs(def("app", |_| {}), &[("db", DependencyCondition::Started)]),
+            needs(
+                def("worker", |_| {}),
+                &[("app", DependencyCondition::Started)],
+            ),
+            def("lone", |_| {}),
+        ]
+    };
+    let s = Setup::new(defs()).await;
+    for id in ["db", "app", "worker", "lone"] {
+        s.until(id, |st| st.state == ProcessState::Running).await;
+    }
+    s.manager.shutdown("test").await;
+    // worker, then app, then db; `lone` in parallel with them.
+    let mut order = s.events.stop_order();
+    order.retain(|id| id != "lone");
+    assert_eq!(order, ["worker", "app", "db"]);
+
+    // `stop db` stops its dependents first and says so.
+    let s = Setup::new(defs()).await;
+    for id in ["db", "app", "worker"] {
+        s.until(id, |st| st.state == ProcessState::Running).await;
+    }
+    s.manager.stop_process("db", false).await.unwrap();
+    assert_eq!(s.events.stop_order(), ["worker", "app", "db"]);
+    let db = s.status("db").reason;
+    assert!(
+        db.starts_with("stopped by request; its dependents app, worker were stopped first"),
+        "{db}"
+    );
+    assert!(s
+        .status("worker")
+        .reason
+        .starts_with("stopped with its dependency db"));
+    assert_eq!(s.status("lone").state, ProcessState::Running);
+    // Stopped by hand: they stay stopped across a manager restart.
+    assert!(s.manager.stopped_by_hand("worker"));
+}
