@@ -703,7 +703,7 @@ async fn stop_in_order<F, Fut>(
             .filter(|other| !graph.get(&id).is_some_and(|d| d.contains(other)))
             .filter_map(|other| done.get(other).map(watch::Sender::subscribe))
             .collect();
-        let finished = done.get(&id).map(watch::Sender::clone);
+        let finished = done.get(&id).cloned();
         let fut = stop(handle.clone());
         stops.spawn(async move {
             for mut w in waits {
