@@ -26,6 +26,9 @@ pub enum ClientCommand {
         id: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Show the dependency graph: each process under what it depends on.
+        #[arg(long, conflicts_with = "id")]
+        tree: bool,
     },
     /// Start a stopped or failed process (also closes its circuit breaker).
     Start { id: String },
@@ -199,7 +202,18 @@ pub fn run(
 async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), ClientError> {
     let mut out = std::io::stdout().lock();
     match command {
-        ClientCommand::Status { id, json } => {
+        ClientCommand::Status {
+            tree: true, json, ..
+        } => {
+            let graph = client.graph().await?;
+            if json {
+                let text = serde_json::to_string_pretty(&graph).unwrap_or_default();
+                let _ = writeln!(out, "{text}");
+            } else {
+                let _ = write!(out, "{}", dependency_tree(&graph));
+            }
+        }
+        ClientCommand::Status { id, json, .. } => {
             let processes = match &id {
                 Some(id) => vec![client.get(id).await?],
                 None => client.list().await?,
@@ -310,6 +324,41 @@ fn print_after(out: &mut impl Write, verb: &str, id: &str, p: Option<&Process>) 
     }
 }
 
+/// `status --tree`: every process under what it depends on (one with several
+/// dependencies appears under each), with its state and what it waits for.
+pub fn dependency_tree(graph: &hsu_api::model::Graph) -> String {
+    fn line(graph: &hsu_api::model::Graph, id: &str, prefix: &str, out: &mut String) {
+        let node = graph.nodes.iter().find(|n| n.id == id);
+        let state = node.map_or("?".to_owned(), |n| n.state.to_string());
+        out.push_str(&format!("{id}  {state}"));
+        if let Some(n) = node.filter(|n| !n.waiting_for.is_empty()) {
+            out.push_str(&format!(" (waiting for {})", n.waiting_for.join(", ")));
+        }
+        out.push('\n');
+        if prefix.len() > 3 * 64 {
+            // Deeper than any valid config goes (a cycle slipped through): stop here.
+            return;
+        }
+        let children: Vec<&hsu_api::model::GraphEdge> =
+            graph.edges.iter().filter(|e| e.to == id).collect();
+        for (i, e) in children.iter().enumerate() {
+            let last = i + 1 == children.len();
+            out.push_str(prefix);
+            out.push_str(if last { "└─ " } else { "├─ " });
+            out.push_str(&format!("[{}] ", e.condition));
+            let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
+            line(graph, &e.from, &deeper, out);
+        }
+    }
+    let mut out = String::new();
+    for n in &graph.nodes {
+        if !graph.edges.iter().any(|e| e.from == n.id) {
+            line(graph, &n.id, "", &mut out);
+        }
+    }
+    out
+}
+
 /// What `status ID` prints below the table: why it is where it is, and its health.
 pub fn status_details(p: &Process) -> String {
     let h = &p.health;
@@ -389,6 +438,45 @@ pub fn human_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tree_puts_dependents_under_their_dependencies() {
+        use hsu_api::model::{Graph, GraphEdge, GraphNode, State};
+        let node = |id: &str, state, waiting: &[&str]| GraphNode {
+            id: id.into(),
+            state,
+            waiting_for: waiting.iter().map(|s| s.to_string()).collect(),
+        };
+        let edge = |from: &str, to: &str, condition: &str| GraphEdge {
+            from: from.into(),
+            to: to.into(),
+            condition: condition.into(),
+            propagate_restart: false,
+        };
+        let graph = Graph {
+            nodes: vec![
+                node("db", State::Running, &[]),
+                node("app", State::Running, &[]),
+                node("worker", State::Starting, &["app (healthy)"]),
+                node("cron", State::Running, &[]),
+                node("lone", State::Stopped, &[]),
+            ],
+            edges: vec![
+                edge("app", "db", "healthy"),
+                edge("worker", "app", "healthy"),
+                edge("cron", "db", "started"),
+            ],
+            start_order: vec![],
+        };
+        assert_eq!(
+            dependency_tree(&graph),
+            "db  running\n\
+             ├─ [healthy] app  running\n\
+             │  └─ [healthy] worker  starting (waiting for app (healthy))\n\
+             └─ [started] cron  running\n\
+             lone  stopped\n"
+        );
+    }
 
     #[test]
     fn sizes_are_one_word() {

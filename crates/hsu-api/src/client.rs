@@ -339,6 +339,11 @@ impl ApiClient {
         self.json(Method::GET, "/api/v1/processes").await
     }
 
+    /// The dependency graph.
+    pub async fn graph(&self) -> Result<crate::model::Graph, ClientError> {
+        self.json(Method::GET, "/api/v1/graph").await
+    }
+
     /// One process by its id.
     pub async fn get(&self, id: &str) -> Result<Process, ClientError> {
         self.json(Method::GET, &format!("/api/v1/processes/{id}"))

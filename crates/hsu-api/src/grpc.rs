@@ -229,6 +229,13 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         Ok(Response::new(pb::ListResponse { processes }))
     }
 
+    async fn graph(
+        &self,
+        _req: Request<pb::GraphRequest>,
+    ) -> Result<Response<pb::GraphResponse>, Status> {
+        Ok(Response::new(self.state.graph().into()))
+    }
+
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::Process>, Status> {
         let process = self.state.get(&req.into_inner().id).map_err(status)?;
         Ok(Response::new(process.into()))
@@ -445,6 +452,47 @@ impl From<model::Process> for pb::Process {
             limits_json: serde_json::to_string(&p.limits).unwrap_or_else(|_| "null".into()),
             profile_type: p.profile_type,
             metadata: p.metadata.into_iter().collect(),
+            depends_on: p
+                .depends_on
+                .into_iter()
+                .map(|d| pb::Dependency {
+                    id: d.id,
+                    condition: d.condition,
+                    propagate_restart: d.propagate_restart,
+                })
+                .collect(),
+            waiting_for: p.waiting_for,
+        }
+    }
+}
+
+impl From<model::Graph> for pb::GraphResponse {
+    fn from(g: model::Graph) -> Self {
+        pb::GraphResponse {
+            nodes: g
+                .nodes
+                .into_iter()
+                .map(|n| pb::GraphNode {
+                    id: n.id,
+                    state: n.state.as_str().into(),
+                    waiting_for: n.waiting_for,
+                })
+                .collect(),
+            edges: g
+                .edges
+                .into_iter()
+                .map(|e| pb::GraphEdge {
+                    from: e.from,
+                    to: e.to,
+                    condition: e.condition,
+                    propagate_restart: e.propagate_restart,
+                })
+                .collect(),
+            start_order: g
+                .start_order
+                .into_iter()
+                .map(|ids| pb::StartLayer { ids })
+                .collect(),
         }
     }
 }

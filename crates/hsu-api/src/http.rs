@@ -3,7 +3,7 @@
 //! [`ApiFailure`]; every error answer is `{"error", "code"}` JSON, its status chosen by
 //! the error's variant.
 
-use crate::model::{Accepted, ApiError, Process, ReloadResult};
+use crate::model::{Accepted, ApiError, Graph, Process, ReloadResult};
 use crate::service::{Action, Followed, LogRequest, ServiceError};
 use crate::ApiState;
 use axum::body::{Body, Bytes};
@@ -55,6 +55,7 @@ pub(crate) fn routes(api: ApiState, stopping: watch::Receiver<bool>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/shutdown", post(shutdown))
+        .route("/api/v1/graph", get(graph))
         .fallback(unknown_route)
         .layer(middleware::from_fn(check_body))
         .with_state(HttpState { api, stopping });
@@ -303,6 +304,15 @@ pub(crate) async fn shutdown(
         (status = 401, description = "Missing or wrong token", body = ApiError)))]
 pub(crate) async fn list_processes(State(s): State<HttpState>) -> Json<Vec<Process>> {
     Json(s.api.list())
+}
+
+/// The dependency graph: every process, every `depends_on` edge, the start order.
+#[utoipa::path(get, path = "/api/v1/graph", tag = "processes",
+    responses(
+        (status = 200, description = "The dependency graph", body = Graph),
+        (status = 401, description = "Missing or wrong token", body = ApiError)))]
+pub(crate) async fn graph(State(s): State<HttpState>) -> Json<Graph> {
+    Json(s.api.graph())
 }
 
 /// One process.

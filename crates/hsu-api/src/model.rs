@@ -224,6 +224,88 @@ pub struct Process {
     /// The config's free-form `metadata` labels (empty when none).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Its `depends_on` entries (empty when none).
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+    /// While it waits to start: the dependencies not met yet, as `id (condition)`.
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+}
+
+/// One `depends_on` entry (`depends_on` of [`Process`], edges of [`Graph`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Dependency {
+    /// The process depended on.
+    pub id: String,
+    /// What must hold of it: started, healthy, completed, completed_successfully or
+    /// log_ready.
+    pub condition: String,
+    /// A restart of the dependency restarts this process too (`restart: propagate`).
+    pub propagate_restart: bool,
+}
+
+/// The dependency graph (`GET /api/v1/graph`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Graph {
+    /// Every process.
+    pub nodes: Vec<GraphNode>,
+    /// Every `depends_on` entry: `from` depends on `to`.
+    pub edges: Vec<GraphEdge>,
+    /// Layers of ids: each starts once the layers before it meet their conditions, its
+    /// processes in parallel; shutdown goes through them backwards.
+    pub start_order: Vec<Vec<String>>,
+}
+
+/// A process in the [`Graph`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GraphNode {
+    /// Its id.
+    pub id: String,
+    /// Its state.
+    pub state: State,
+    /// While it waits to start: the dependencies not met yet.
+    pub waiting_for: Vec<String>,
+}
+
+/// A `depends_on` entry in the [`Graph`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GraphEdge {
+    /// The dependent.
+    pub from: String,
+    /// What it depends on.
+    pub to: String,
+    /// What must hold of `to`.
+    pub condition: String,
+    /// A restart of `to` restarts `from`.
+    pub propagate_restart: bool,
+}
+
+impl Graph {
+    /// The API view of the facade's graph.
+    pub fn from_view(g: &hsu_process_management::facade::GraphView) -> Graph {
+        Graph {
+            nodes: g
+                .nodes
+                .iter()
+                .map(|n| GraphNode {
+                    id: n.id.clone(),
+                    state: n.state.into(),
+                    waiting_for: n.waiting_for.clone(),
+                })
+                .collect(),
+            edges: g
+                .edges
+                .iter()
+                .map(|e| GraphEdge {
+                    from: e.from.clone(),
+                    to: e.to.clone(),
+                    condition: e.condition.as_str().into(),
+                    propagate_restart: e.propagate_restart,
+                })
+                .collect(),
+            start_order: g.start_order.clone(),
+        }
+    }
 }
 
 /// How a process last ended (`last_exit` of [`Process`]).
@@ -374,6 +456,16 @@ impl Process {
             limits,
             profile_type: def.profile_type.clone(),
             metadata: def.metadata.clone(),
+            depends_on: def
+                .depends_on
+                .iter()
+                .map(|d| Dependency {
+                    id: d.id.clone(),
+                    condition: d.condition.as_str().into(),
+                    propagate_restart: d.propagate_restart,
+                })
+                .collect(),
+            waiting_for: v.waiting_for.clone(),
         }
     }
 }

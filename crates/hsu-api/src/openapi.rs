@@ -4,8 +4,8 @@
 
 use crate::http;
 use crate::model::{
-    Accepted, ApiError, Circuit, Health, HealthStatus, LastExit, LogStream, Process, ProcessType,
-    ReloadResult, Resources, State,
+    Accepted, ApiError, Circuit, Dependency, Graph, GraphEdge, GraphNode, Health, HealthStatus,
+    LastExit, LogStream, Process, ProcessType, ReloadResult, Resources, State,
 };
 use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -36,9 +36,14 @@ pub const BEARER_SCHEME: &str = "bearer_token";
         http::events,
         http::reload,
         http::shutdown,
+        http::graph,
     ),
     components(schemas(
         Process,
+        Dependency,
+        Graph,
+        GraphNode,
+        GraphEdge,
         LastExit,
         Health,
         Resources,

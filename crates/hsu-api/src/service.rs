@@ -137,6 +137,11 @@ impl ApiState {
             .collect()
     }
 
+    /// The dependency graph.
+    pub fn graph(&self) -> crate::model::Graph {
+        crate::model::Graph::from_view(&self.manager.graph())
+    }
+
     /// One process.
     pub fn get(&self, id: &str) -> Result<Process, ServiceError> {
         Ok(Process::from_view(&self.manager.process(id)?))

@@ -100,6 +100,44 @@ pub struct ProcessView {
     pub definition: Arc<ProcessDefinition>,
     /// What its health checks last found.
     pub health: HealthReport,
+    /// While it waits to start: its dependencies not met yet, as `id (condition)`.
+    pub waiting_for: Vec<String>,
+}
+
+/// The dependency graph (`GET /api/v1/graph`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphView {
+    /// Every process.
+    pub nodes: Vec<GraphNode>,
+    /// Every `depends_on` entry: `from` depends on `to`.
+    pub edges: Vec<GraphEdge>,
+    /// The start order: each layer starts once the layers before it meet their
+    /// conditions; a layer's processes start in parallel (shutdown runs it backwards).
+    pub start_order: Vec<Vec<String>>,
+}
+
+/// A process in the dependency graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphNode {
+    /// Its id.
+    pub id: String,
+    /// Its state.
+    pub state: hsu_common::ProcessState,
+    /// While it waits to start: the dependencies not met yet.
+    pub waiting_for: Vec<String>,
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphEdge {
+    /// The dependent.
+    pub from: String,
+    /// What it depends on.
+    pub to: String,
+    /// What must hold of `to`.
+    pub condition: hsu_managed_process::DependencyCondition,
+    /// A restart of `to` restarts `from`.
+    pub propagate_restart: bool,
 }
 
 impl ProcessView {
@@ -282,16 +320,74 @@ impl ManagerFacade {
             .manager
             .overview()
             .into_iter()
-            .map(|(status, health, definition)| view(status, health, definition))
+            .map(view)
             .collect()
+    }
+
+    /// The dependency graph: every process, every `depends_on` edge, and the order in
+    /// which they start (each layer after the one before; inside a layer in parallel).
+    pub fn graph(&self) -> GraphView {
+        let processes = self.processes();
+        let nodes = processes
+            .iter()
+            .map(|p| GraphNode {
+                id: p.status.id.clone(),
+                state: p.status.state,
+                waiting_for: p.waiting_for.clone(),
+            })
+            .collect();
+        let mut edges = Vec::new();
+        for p in &processes {
+            for d in &p.definition.depends_on {
+                edges.push(GraphEdge {
+                    from: p.status.id.clone(),
+                    to: d.id.clone(),
+                    condition: d.condition,
+                    propagate_restart: d.propagate_restart,
+                });
+            }
+        }
+        // Layers by Kahn's algorithm; what a cycle would leave out (validation rules
+        // cycles out) goes last.
+        let ids: Vec<String> = processes.iter().map(|p| p.status.id.clone()).collect();
+        let mut placed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut layers: Vec<Vec<String>> = Vec::new();
+        while placed.len() < ids.len() {
+            let layer: Vec<String> = ids
+                .iter()
+                .filter(|id| !placed.contains(*id))
+                .filter(|id| {
+                    edges
+                        .iter()
+                        .filter(|e| &e.from == *id && ids.contains(&e.to))
+                        .all(|e| placed.contains(&e.to))
+                })
+                .cloned()
+                .collect();
+            if layer.is_empty() {
+                layers.push(
+                    ids.iter()
+                        .filter(|i| !placed.contains(*i))
+                        .cloned()
+                        .collect(),
+                );
+                break;
+            }
+            placed.extend(layer.iter().cloned());
+            layers.push(layer);
+        }
+        GraphView {
+            nodes,
+            edges,
+            start_order: layers,
+        }
     }
 
     /// One process.
     pub fn process(&self, id: &str) -> Result<ProcessView, ControlError> {
         let manager = &self.inner.manager;
         let not_found = || ControlError::NotFound(id.to_owned());
-        let (status, health, definition) = manager.overview_of(id).ok_or_else(not_found)?;
-        Ok(view(status, health, definition))
+        Ok(view(manager.overview_of(id).ok_or_else(not_found)?))
     }
 
     /// The definition of a process, as loaded.
@@ -603,11 +699,13 @@ fn restart_only_changes(running: &RunningSettings, new: &Config) -> Vec<SettingC
     changes
 }
 
-fn view(
-    status: ProcessStatus,
-    mut health: HealthReport,
-    definition: Arc<ProcessDefinition>,
-) -> ProcessView {
+fn view(o: crate::manager::Overview) -> ProcessView {
+    let crate::manager::Overview {
+        status,
+        mut health,
+        waiting_for,
+        definition,
+    } = o;
     // Liveness is known continuously (the kernel reports an exit at once): while the
     // process runs, it was last confirmed now.
     let liveness = definition.health_check.kind == hsu_managed_process::HealthCheckKind::Process
@@ -619,6 +717,7 @@ fn view(
         status,
         definition,
         health,
+        waiting_for,
     }
 }
 

@@ -643,15 +643,34 @@ impl ProcessManager {
     }
 }
 
-/// A process's status, what its health checks found, and its definition.
-pub type Overview = (ProcessStatus, HealthReport, Arc<ProcessDefinition>);
+/// A process's status, what its health checks found, what it waits for, and its
+/// definition, read together.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// Its status.
+    pub status: ProcessStatus,
+    /// What its health checks found.
+    pub health: HealthReport,
+    /// While it waits to start: its dependencies not met yet, as `id (condition)`.
+    pub waiting_for: Vec<String>,
+    /// Its definition.
+    pub definition: Arc<ProcessDefinition>,
+}
 
 fn overview_of(e: &Entry, usage: &HashMap<String, Sample>) -> Overview {
-    let health = match &e.supervision {
-        Supervision::Managed(h) => h.health(),
-        Supervision::Idle(_) => HealthReport::unknown(),
+    let (health, waiting_for) = match &e.supervision {
+        Supervision::Managed(h) => {
+            let p = h.watch().borrow().clone();
+            (p.health, p.waiting_for)
+        }
+        Supervision::Idle(_) => (HealthReport::unknown(), Vec::new()),
     };
-    (with_usage(status_of(e), usage), health, e.def.clone())
+    Overview {
+        status: with_usage(status_of(e), usage),
+        health,
+        waiting_for,
+        definition: e.def.clone(),
+    }
 }
 
 fn status_of(e: &Entry) -> ProcessStatus {
