@@ -34,6 +34,11 @@ pub enum EventKind {
         /// Why it moved, in words (e.g. the exit or the command that caused it).
         reason: String,
     },
+    /// A run of the process was spawned.
+    Spawned {
+        /// The main process's PID.
+        pid: u32,
+    },
     /// The process exited (or was killed by a signal).
     Exited {
         /// The exit code, when it exited normally.
@@ -120,6 +125,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::StateChanged { .. } => "state_changed",
+            EventKind::Spawned { .. } => "spawned",
             EventKind::Exited { .. } => "exited",
             EventKind::RestartScheduled { .. } => "restart_scheduled",
             EventKind::CircuitOpened { .. } => "circuit_opened",

@@ -1604,6 +1604,7 @@ impl Supervisor {
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
+                self.emit(EventKind::Spawned { pid });
                 self.runs += 1;
                 let run = RunId(self.runs);
                 let internal = self.internal.clone();
