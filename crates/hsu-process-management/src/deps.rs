@@ -144,11 +144,13 @@ fn check(dep: &Dependency, view: Option<&Published>) -> One {
     let ended = !alive && st.last_exit.is_some();
     let exit_ok = st.last_exit.is_some_and(|e| e.code == Some(0));
     let failed = || {
+        // Its reason's first clause: what happened to it (and, nested, to its own
+        // dependency), without what it will do about it.
+        let what = st.reason.split("; ").next().unwrap_or_default();
         One::Fail(format!(
-            "dependency {} failed ({}): {}",
+            "dependency {} failed ({}): {what}",
             dep.id,
             dep.condition.as_str(),
-            st.reason
         ))
     };
     match dep.condition {
