@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-const PROTOS: [&str; 2] = ["hsu/procman/v1/procman.proto", "hsu/core/v1/core.proto"];
+// `hsu.core.v1` (what integrated processes serve) is compiled by `hsu-monitoring`, whose
+// probes call it.
+const PROTOS: [&str; 1] = ["hsu/procman/v1/procman.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let include = Path::new("proto");

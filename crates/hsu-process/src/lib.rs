@@ -22,10 +22,13 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
 
+mod command;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 use linux as platform;
+
+pub use command::{run_command, CommandEnd, CommandRun, CommandSpec};
 
 /// Environment variable every spawned process (and so its whole tree) carries, holding the
 /// owner tag; it is how the manager recognises a grandchild that escaped its group.

@@ -3,9 +3,16 @@
 //! (clean exits, prompt SIGTERM handling, a healthy HTTP endpoint) and
 //! misbehaving ones (crashes, ignored SIGTERM, slow shutdown, leaked or
 //! detached grandchildren, memory/CPU/file-descriptor hogging, failing health
-//! checks). Arguments are parsed by hand so it depends on nothing but `libc`.
-//! All timed behaviour (`--run-duration`, `--crash-after`,
-//! `--fail-health-after`) is measured from process start.
+//! checks). Arguments are parsed by hand. The gRPC side (`--grpc-port`, or the port
+//! the manager gives an integrated process) serves `grpc.health.v1.Health` and
+//! `hsu.core.v1.CoreService` over h2c from a Tokio runtime on a thread of its own; the
+//! rest is plain threads. All timed behaviour (`--run-duration`, `--crash-after`,
+//! `--fail-health-after`, `--grpc-not-serving-after`) is measured from process start.
+//!
+//! How it stops is printed, so tests can tell the ways apart: a Shutdown call prints
+//! `testexe: shutdown via rpc` on stderr and `shutdown via rpc` on stdout; a stop
+//! signal prints `testexe: shutdown via signal SIGTERM` (or `SIGINT`) on stderr only,
+//! so that stdout stays the program's own lines.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -15,7 +22,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,12 +30,16 @@ const USAGE: &str = "usage: testexe [--run-duration SECS] [--exit-code N] [--cra
 [--ignore-sigterm] [--shutdown-delay SECS] [--spawn-children N] [--detach-children] \
 [--pid-file PATH] [--print-every MS] [--startup-delay SECS] [--memory-mb N] \
 [--memory-growth-mb-per-sec N] [--cpu-percent P] [--health-port P] [--fail-health-after SECS] \
-[--open-fds N] [--port N]   (env HSU_PORT = --port)";
+[--hang-health] [--grpc-port P] [--grpc-not-serving-after SECS] [--ignore-shutdown-rpc] \
+[--open-fds N] [--port N]   (env HSU_PORT = --port; gRPC is served on --port too)";
 
 /// Write a line to stderr, ignoring errors (the supervisor may have closed the pipe).
 macro_rules! log {
     ($($arg:tt)*) => {{ let _ = writeln!(io::stderr(), "testexe: {}", format_args!($($arg)*)); }};
 }
+
+// After `log!`, which it uses.
+mod grpc;
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Args {
@@ -48,8 +59,21 @@ struct Args {
     cpu_percent: f64,
     health_port: Option<u16>,
     fail_health_after: Option<Duration>,
+    hang_health: bool,
+    grpc_port: Option<u16>,
+    grpc_not_serving_after: Option<Duration>,
+    ignore_shutdown_rpc: bool,
     open_fds: u32,
     port: Option<u16>,
+}
+
+impl Args {
+    /// Where gRPC is served: `--grpc-port`, and the port given by the manager.
+    fn grpc_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.grpc_port.into_iter().chain(self.port).collect();
+        ports.dedup();
+        ports
+    }
 }
 
 fn num<T: FromStr>(flag: &str, s: &str) -> Result<T, String> {
@@ -117,6 +141,10 @@ where
             }
             "--health-port" => a.health_port = Some(num(&flag, &value()?)?),
             "--fail-health-after" => a.fail_health_after = Some(secs(&flag, &value()?)?),
+            "--hang-health" => a.hang_health = switch(inline)?,
+            "--grpc-port" => a.grpc_port = Some(num(&flag, &value()?)?),
+            "--grpc-not-serving-after" => a.grpc_not_serving_after = Some(secs(&flag, &value()?)?),
+            "--ignore-shutdown-rpc" => a.ignore_shutdown_rpc = switch(inline)?,
             "--open-fds" => a.open_fds = num(&flag, &value()?)?,
             "--port" => a.port = Some(num(&flag, &value()?)?),
             _ => return Err(format!("unknown argument {flag:?}")),
@@ -132,6 +160,9 @@ where
 
 /// The last termination signal received (0 = none); set by the signal handler only.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Set once a Shutdown call has been answered and the gRPC server has wound down.
+static SHUTDOWN_RPC: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     SIGNAL.store(sig, Ordering::SeqCst);
@@ -172,6 +203,7 @@ fn shutdown(sig: i32, delay: Option<Duration>) -> ! {
     } else {
         "SIGTERM"
     };
+    log!("shutdown via signal {name}");
     if let Some(delay) = delay {
         log!(
             "received {name}, shutting down in {:.3}s",
@@ -181,6 +213,18 @@ fn shutdown(sig: i32, delay: Option<Duration>) -> ! {
         log!("shutdown delay over, exiting");
     } else {
         log!("received {name}, exiting");
+    }
+    finish(0)
+}
+
+/// After a Shutdown call (already announced): optionally linger for `delay`, then exit 0.
+fn shutdown_via_rpc(delay: Option<Duration>) -> ! {
+    if let Some(delay) = delay {
+        log!("shutting down in {:.3}s", delay.as_secs_f64());
+        thread::sleep(delay);
+        log!("shutdown delay over, exiting");
+    } else {
+        log!("exiting");
     }
     finish(0)
 }
@@ -244,11 +288,21 @@ fn burn_cpu(percent: f64) {
     }
 }
 
-fn serve_health(listener: TcpListener, start: Instant, fail_after: Option<Duration>) {
+fn serve_health(listener: TcpListener, start: Instant, fail_after: Option<Duration>, hang: bool) {
     for stream in listener.incoming().flatten() {
+        if hang {
+            thread::spawn(move || hold(stream));
+            continue;
+        }
         let failing = fail_after.is_some_and(|d| start.elapsed() >= d);
         thread::spawn(move || answer_health(stream, failing));
     }
+}
+
+/// `--hang-health`: read whatever comes and never answer, until the client leaves.
+fn hold(mut stream: TcpStream) {
+    let mut buf = [0u8; 1024];
+    while let Ok(1..) = stream.read(&mut buf) {}
 }
 
 fn answer_health(mut stream: TcpStream, failing: bool) {
@@ -374,7 +428,28 @@ fn main() {
             log!("health endpoint on http://{addr}/");
         }
         let fail_after = args.fail_health_after;
-        thread::spawn(move || serve_health(listener, start, fail_after));
+        let hang = args.hang_health;
+        thread::spawn(move || serve_health(listener, start, fail_after, hang));
+    }
+    let grpc_listeners: Vec<TcpListener> = args
+        .grpc_ports()
+        .into_iter()
+        .map(|port| {
+            let listener = TcpListener::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| fail(&format!("binding gRPC port {port}"), e));
+            if let Ok(addr) = listener.local_addr() {
+                log!("grpc endpoint on {addr}");
+            }
+            listener
+        })
+        .collect();
+    if !grpc_listeners.is_empty() {
+        let options = grpc::Options {
+            start,
+            not_serving_after: args.grpc_not_serving_after,
+            ignore_shutdown: args.ignore_shutdown_rpc,
+        };
+        thread::spawn(move || grpc::serve(grpc_listeners, options));
     }
     if let Err(e) = spawn_children(&args) {
         fail("spawning children", e);
@@ -386,6 +461,9 @@ fn main() {
         let sig = SIGNAL.load(Ordering::SeqCst);
         if sig != 0 {
             shutdown(sig, args.shutdown_delay);
+        }
+        if SHUTDOWN_RPC.load(Ordering::SeqCst) {
+            shutdown_via_rpc(args.shutdown_delay);
         }
         if args.crash_after.is_some_and(|d| start.elapsed() >= d) {
             let code = if args.exit_code != 0 {
@@ -447,6 +525,45 @@ mod tests {
         assert_eq!(a.health_port, Some(8080));
         assert_eq!(a.fail_health_after, Some(Duration::from_millis(250)));
         assert_eq!(a.cpu_percent, 50.0);
+        assert!(!a.hang_health && !a.ignore_shutdown_rpc);
+    }
+
+    #[test]
+    fn parses_the_grpc_and_health_endpoint_flags() {
+        let a = parse(
+            "--grpc-port 9090 --grpc-not-serving-after=1.5 --ignore-shutdown-rpc --hang-health",
+        )
+        .unwrap();
+        assert_eq!(a.grpc_port, Some(9090));
+        assert_eq!(a.grpc_not_serving_after, Some(Duration::from_millis(1500)));
+        assert!(a.ignore_shutdown_rpc && a.hang_health);
+        assert!(parse("--grpc-port")
+            .unwrap_err()
+            .contains("requires a value"));
+        assert!(parse("--grpc-port 65536").is_err());
+        assert!(parse("--grpc-not-serving-after never").is_err());
+        assert!(parse("--hang-health=1").is_err());
+        assert!(parse("--ignore-shutdown-rpc=yes").is_err());
+    }
+
+    #[test]
+    fn grpc_is_served_on_grpc_port_and_the_managers_port() {
+        let ports = |args: &str, env: Option<&str>| {
+            parse_args(
+                args.split_whitespace().map(String::from),
+                env.map(String::from),
+            )
+            .unwrap()
+            .grpc_ports()
+        };
+        assert_eq!(ports("", None), Vec::<u16>::new());
+        assert_eq!(ports("--grpc-port 7000", None), vec![7000]);
+        assert_eq!(ports("", Some("7100")), vec![7100]);
+        assert_eq!(
+            ports("--grpc-port 7000 --port 7100", None),
+            vec![7000, 7100]
+        );
+        assert_eq!(ports("--grpc-port 7000", Some("7000")), vec![7000]);
     }
 
     #[test]

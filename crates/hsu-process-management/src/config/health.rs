@@ -12,7 +12,7 @@ const SUB_KINDS: [&str; 4] = ["http", "grpc", "tcp", "exec"];
 
 /// Canonical `management.health_check`.
 pub(crate) fn canonical(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpec {
-    const KEYS: [&str; 10] = [
+    const KEYS: [&str; 11] = [
         "type",
         "http",
         "grpc",
@@ -23,6 +23,7 @@ pub(crate) fn canonical(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpe
         "initial_delay",
         "failure_threshold",
         "success_threshold",
+        "startup_grace_period",
     ];
     let mut spec = HealthCheckSpec::default();
     let Some(m) = cx.map_with_hints(node, path, &KEYS, &["http_endpoint", "run_options"]) else {
@@ -34,6 +35,9 @@ pub(crate) fn canonical(cx: &mut Ctx, node: &Node, path: &str) -> HealthCheckSpe
     spec.success_threshold = m
         .field(cx, "success_threshold", Ctx::positive_u32)
         .unwrap_or(spec.success_threshold);
+    spec.startup_grace_period = m
+        .field(cx, "startup_grace_period", Ctx::duration)
+        .unwrap_or(spec.startup_grace_period);
     spec
 }
 
@@ -240,6 +244,18 @@ fn required<T>(
 
 fn url(cx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
     let url = cx.non_empty(node, path)?;
+    if url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        cx.report(
+            node,
+            path,
+            "https health checks are not supported (no TLS client is built in); use `tcp`, \
+             or an `exec` check running curl",
+        );
+        return None;
+    }
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         cx.report(
             node,

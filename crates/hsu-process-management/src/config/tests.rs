@@ -714,7 +714,7 @@ managed_processes:
         out,
         "/etc/hsu/config.yaml:5:5: managed_processes[0].management.discovery: missing: an unmanaged process is found by discovery\n\
          /etc/hsu/config.yaml:6:7: managed_processes[0].management.health_check.http: missing: `type: http` needs `http: {url: ...}`\n\
-         /etc/hsu/config.yaml:6:34: managed_processes[0].management.health_check.run_options: `run_options` belongs to the other config form (canonical vs HSU nested) and is not valid here; expected one of: type, http, grpc, tcp, exec, interval, timeout, initial_delay, failure_threshold, success_threshold\n\
+         /etc/hsu/config.yaml:6:34: managed_processes[0].management.health_check.run_options: `run_options` belongs to the other config form (canonical vs HSU nested) and is not valid here; expected one of: type, http, grpc, tcp, exec, interval, timeout, initial_delay, failure_threshold, success_threshold, startup_grace_period\n\
          /etc/hsu/config.yaml:11:9: managed_processes[1].management.standard_managed.health_check.http_endpoint: missing: `type: http` needs `http_endpoint: <url>`\n\
          /etc/hsu/config.yaml:12:5: managed_processes[2].management: missing: it says how to run or find the process"
     );
@@ -1176,5 +1176,61 @@ managed_processes:
             "5:50: managed_processes[0].management.control.graceful_timeout: invalid duration `soon` (expected number at 0); expected e.g. `250ms`, `10s`, `1m30s`, `2h`",
             "7:57: managed_processes[0].management.standard_managed.control.execution.args: expected a list of strings, found a string",
         ]
+    );
+}
+
+#[test]
+fn https_health_checks_are_refused_with_their_position() {
+    let out = problems(
+        r#"
+managed_processes:
+  - id: web
+    management:
+      control: {executable: web}
+      health_check: {http: {url: "https://127.0.0.1:8443/health"}}
+  - id: old
+    management:
+      standard_managed:
+        control: {execution: {executable_path: old}}
+        health_check: {http_endpoint: "HTTPS://localhost/health"}
+"#,
+    );
+    assert_eq!(
+        out,
+        "/etc/hsu/config.yaml:6:34: managed_processes[0].management.health_check.http.url: https health checks are not supported (no TLS client is built in); use `tcp`, or an `exec` check running curl\n\
+         /etc/hsu/config.yaml:11:39: managed_processes[1].management.standard_managed.health_check.http_endpoint: https health checks are not supported (no TLS client is built in); use `tcp`, or an `exec` check running curl"
+    );
+}
+
+#[test]
+fn health_check_startup_grace_period_is_read() {
+    let c = ok(r#"
+managed_processes:
+  - id: t
+    management:
+      control: {executable: t}
+      health_check: {tcp: {address: "127.0.0.1:5432"}, startup_grace_period: 1m30s}
+  - id: d
+    management:
+      control: {executable: d}
+      health_check: {type: tcp, tcp: {address: "127.0.0.1:5432"}}
+"#);
+    assert_eq!(c.processes[0].health_check.startup_grace_period, secs(90));
+    assert_eq!(
+        c.processes[1].health_check.startup_grace_period,
+        Duration::ZERO
+    );
+    let out = problems(
+        r#"
+managed_processes:
+  - id: t
+    management:
+      control: {executable: t}
+      health_check: {type: process, startup_grace_period: -1s}
+"#,
+    );
+    assert!(
+        out.starts_with("/etc/hsu/config.yaml:6:59: managed_processes[0].management.health_check.startup_grace_period: "),
+        "{out}"
     );
 }
