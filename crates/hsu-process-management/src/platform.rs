@@ -119,14 +119,12 @@ impl Platform for OsPlatform {
     }
 
     fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome> {
-        // MERGE-PROBES: forwards to hsu_monitoring::probe once it lands.
-        let _ = request;
         Box::pin(async move {
-            ProbeOutcome {
-                result: Err("probes not built".into()),
-                latency: Duration::ZERO,
-                at: std::time::SystemTime::now(),
-            }
+            let exec = hsu_monitoring::ExecContext {
+                working_directory: request.working_directory,
+                environment: request.environment,
+            };
+            hsu_monitoring::probe(&request.kind, &exec, request.timeout).await
         })
     }
 
@@ -136,8 +134,6 @@ impl Platform for OsPlatform {
         reason: String,
         timeout: Duration,
     ) -> BoxFuture<Result<(), String>> {
-        // MERGE-PROBES
-        let _ = (port, reason, timeout);
-        Box::pin(async move { Err("not built".to_string()) })
+        Box::pin(async move { hsu_monitoring::request_shutdown(port, &reason, timeout).await })
     }
 }

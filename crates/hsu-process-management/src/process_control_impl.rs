@@ -1097,9 +1097,10 @@ impl Supervisor {
             );
         }
         if change.is_some_and(|c| c.to == HealthStatus::Unhealthy) {
+            let n = report.consecutive_failures;
             let what = format!(
-                "unhealthy: {} {kind} checks failed in a row (last: {})",
-                report.consecutive_failures,
+                "unhealthy: {n} {kind} check{} failed in a row (last: {})",
+                if n == 1 { "" } else { "s" },
                 error.unwrap_or_default()
             );
             if self.control.restart_policy == RestartPolicy::Never {

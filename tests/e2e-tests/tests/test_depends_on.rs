@@ -42,7 +42,7 @@ fn seq_of(events: &[Event], id: &str, what: &str, pred: impl Fn(&Event) -> bool)
 fn test_depends_on_chain_starts_in_order() {
     let port = free_port();
     let db = format!(
-        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n",
+        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n        failure_threshold: 100\n",
         entry(
             "db",
             &["--startup-delay", "1.5", "--health-port", &port.to_string()],
@@ -71,17 +71,33 @@ fn test_depends_on_chain_starts_in_order() {
     let p = api.wait_process("app", "waiting for db", LONG, |p| p["state"] == "starting");
     assert_eq!(p["waiting_for"][0], "db (healthy)", "{p}");
     assert!(p["pid"].is_null(), "nothing spawned while waiting: {p}");
-    assert!(p["reason"].as_str().unwrap().contains("waiting for db (healthy)"), "{p}");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for db (healthy)"),
+        "{p}"
+    );
     api.wait_process("worker", "running", LONG, |p| p["state"] == "running");
     let events = pm.events();
     let db_healthy = seq_of(&events, "db", "health_changed", |e| {
         e.is_kind("db", "health_changed") && e.str("to") == Some("healthy")
     });
     let app_spawned = seq_of(&events, "app", "spawn", |e| e.is_kind("app", "spawned"));
-    let app_running = seq_of(&events, "app", "running", |e| e.is_transition_to("app", "running"));
-    let worker_spawned = seq_of(&events, "worker", "spawn", |e| e.is_kind("worker", "spawned"));
-    assert!(db_healthy < app_spawned, "app spawned before db was healthy");
-    assert!(app_running < worker_spawned, "worker spawned before app was started");
+    let app_running = seq_of(&events, "app", "running", |e| {
+        e.is_transition_to("app", "running")
+    });
+    let worker_spawned = seq_of(&events, "worker", "spawn", |e| {
+        e.is_kind("worker", "spawned")
+    });
+    assert!(
+        db_healthy < app_spawned,
+        "app spawned before db was healthy"
+    );
+    assert!(
+        app_running < worker_spawned,
+        "worker spawned before app was started"
+    );
     // The graph shows the chain and the start order.
     let graph = api.get_json("/api/v1/graph");
     assert_eq!(
@@ -105,7 +121,10 @@ fn test_depends_on_chain_starts_in_order() {
             e.is_transition(id, "stopping", "stopped")
         })
     };
-    assert!(stopped("worker") < stopped("app"), "worker must stop before app");
+    assert!(
+        stopped("worker") < stopped("app"),
+        "worker must stop before app"
+    );
     assert!(stopped("app") < stopped("db"), "app must stop before db");
 }
 
@@ -129,9 +148,14 @@ fn test_depends_on_migration_gates_the_app() {
     let api = pm.api();
     api.wait_process("app", "running", LONG, |p| p["state"] == "running");
     let events = pm.events();
-    let migrated = seq_of(&events, "migrate", "exit", |e| e.is_kind("migrate", "exited"));
+    let migrated = seq_of(&events, "migrate", "exit", |e| {
+        e.is_kind("migrate", "exited")
+    });
     let spawned = seq_of(&events, "app", "spawn", |e| e.is_kind("app", "spawned"));
-    assert!(migrated < spawned, "app spawned before the migration completed");
+    assert!(
+        migrated < spawned,
+        "app spawned before the migration completed"
+    );
     pm.shutdown_cleanly(LONG);
 }
 
@@ -157,7 +181,10 @@ fn test_depends_on_failing_migration_fails_the_app() {
     let reason = p["reason"].as_str().unwrap();
     assert!(reason.contains("dependency migrate failed"), "{p}");
     assert!(p["pid"].is_null(), "{p}");
-    assert!(pm.events_for("app").iter().all(|e| !e.is_kind("app", "spawned")));
+    assert!(pm
+        .events_for("app")
+        .iter()
+        .all(|e| !e.is_kind("app", "spawned")));
     pm.shutdown_cleanly(LONG);
 }
 
@@ -165,7 +192,7 @@ fn test_depends_on_failing_migration_fails_the_app() {
 fn test_depends_on_independent_branches_start_in_parallel() {
     let port = free_port();
     let slow = format!(
-        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n",
+        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n        failure_threshold: 100\n",
         entry(
             "slowdb",
             &["--startup-delay", "5", "--health-port", &port.to_string()],
@@ -181,7 +208,12 @@ fn test_depends_on_independent_branches_start_in_parallel() {
             "graceful_timeout: 2s",
             "depends_on: [{id: slowdb, condition: healthy}]",
         ),
-        entry("cache", &["--run-duration", "0"], "graceful_timeout: 2s", ""),
+        entry(
+            "cache",
+            &["--run-duration", "0"],
+            "graceful_timeout: 2s",
+            "",
+        ),
         entry(
             "fastapp",
             &["--run-duration", "0"],
@@ -211,7 +243,11 @@ fn test_depends_on_cycle_is_rejected_by_validate() {
     run.write_config(&config);
     let out = run_cli(
         &run,
-        &["validate", "--config", &run.config_path.display().to_string()],
+        &[
+            "validate",
+            "--config",
+            &run.config_path.display().to_string(),
+        ],
         &[],
     );
     assert_ne!(out.code(), Some(0), "{}", out.stderr);
@@ -220,7 +256,12 @@ fn test_depends_on_cycle_is_rejected_by_validate() {
         .lines()
         .filter(|l| l.contains("dependency cycle: a -> b -> c -> a"))
         .collect();
-    assert_eq!(cycle_lines.len(), 3, "one problem per edge of the cycle:\n{}", out.stderr);
+    assert_eq!(
+        cycle_lines.len(),
+        3,
+        "one problem per edge of the cycle:\n{}",
+        out.stderr
+    );
     for (i, id) in ["a", "b", "c"].iter().enumerate() {
         let at = format!("managed_processes[{i}].depends_on[0]");
         assert!(

@@ -130,7 +130,7 @@ fn test_health_hung_http_endpoint_fails_at_the_timeout() {
         "graceful_timeout: 2s\nrestart_policy: never",
         &format!(
             "type: http\nhttp: {{url: \"http://127.0.0.1:{port}/\"}}\n\
-             interval: 2s\ntimeout: 500ms\nfailure_threshold: 1"
+             interval: 2s\ntimeout: 500ms\nfailure_threshold: 1\ninitial_delay: 1s"
         ),
     )]);
     let mut pm = ProcessManager::start("e2e-test-health-hung", &config);
