@@ -512,6 +512,7 @@ async fn openapi_lists_every_route_and_each_get_answers() {
         ("get", "/api/v1/events"),
         ("post", "/api/v1/reload"),
         ("post", "/api/v1/shutdown"),
+        ("get", "/api/v1/graph"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut listed = Vec::new();
