@@ -8,22 +8,39 @@
 //! `Probe` per tree reading the tree's own cgroup.
 
 use hsu_resource_limits::{cgroup_area, Cgroup, Probe};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const TREES: usize = 100;
 const ROUNDS: usize = 200;
 
-/// The sleeps, killed and reaped however the benchmark ends.
-struct Sleeps(Vec<Child>);
+/// The sleeps, spawned as the manager spawns (`hsu_process::spawn`), killed and reaped
+/// however the benchmark ends.
+struct Sleeps(Vec<hsu_process::Child>, tokio::runtime::Runtime);
 
 impl Drop for Sleeps {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+            hsu_process::signal_process(c.pid(), hsu_common::StopSignal::Kill);
+            let _ = self.1.block_on(c.wait());
         }
     }
+}
+
+fn spawn_sleep(tag: &str) -> hsu_process::Child {
+    hsu_process::spawn(hsu_process::SpawnSpec {
+        program: "sleep".into(),
+        args: vec!["600".into()],
+        working_directory: std::env::temp_dir(),
+        environment: Default::default(),
+        stdout: None,
+        stderr: None,
+        tag: tag.into(),
+        user: None,
+        group: None,
+        cgroup: None,
+        rlimit_nofile: None,
+    })
+    .expect("spawn sleep")
 }
 
 /// Cgroups made for the benchmark, emptied and removed however it ends.
@@ -53,17 +70,21 @@ fn per_tree(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let sleeps = Sleeps(
-        (0..TREES)
-            .map(|_| {
-                Command::new("sleep")
-                    .arg("600")
-                    .spawn()
-                    .expect("spawn sleep")
-            })
-            .collect(),
-    );
-    let pids: Vec<u32> = sleeps.0.iter().map(Child::id).collect();
+    // As the manager: a child subreaper, so trees are walked from their roots.
+    let _ = hsu_process::become_subreaper();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tags: Vec<String> = (0..TREES).map(|i| format!("bench#{i}")).collect();
+    let children = rt.block_on(async { tags.iter().map(|t| spawn_sleep(t)).collect() });
+    let sleeps = Sleeps(children, rt);
+    let pids: Vec<u32> = sleeps.0.iter().map(hsu_process::Child::pid).collect();
+    let roots: Vec<(u32, &str)> = pids
+        .iter()
+        .zip(&tags)
+        .map(|(&p, t)| (p, t.as_str()))
+        .collect();
     let t0 = Instant::now();
     let mut rows: Vec<(&str, f64)> = Vec::new();
 
@@ -104,6 +125,19 @@ fn main() {
             per_tree(|| {
                 for (probe, &pid) in probes.iter_mut().zip(&pids) {
                     std::hint::black_box(probe.sample(t0, || vec![pid]));
+                }
+            }),
+        ));
+    }
+
+    {
+        let mut probes: Vec<Probe> = pids.iter().map(|_| Probe::new(None, false)).collect();
+        rows.push((
+            "Probe, tree walked (hsu_process::trees_of), no fds",
+            per_tree(|| {
+                let trees = hsu_process::trees_of(&roots);
+                for (probe, tree) in probes.iter_mut().zip(trees) {
+                    std::hint::black_box(probe.sample(t0, || tree));
                 }
             }),
         ));

@@ -276,7 +276,6 @@ mod tests {
         let put = |f: &str, s: &str| std::fs::write(dir.path().join(f), s).unwrap();
         put("cgroup.controllers", "memory pids\n");
         put("cgroup.procs", &format!("{me}\n"));
-        put("cgroup.stat", "nr_descendants 0\nnr_dying_descendants 0\n");
         put(
             "cpu.stat",
             "usage_usec 2000000\nuser_usec 1\nsystem_usec 1\n",
@@ -293,6 +292,13 @@ mod tests {
         put("cpu.stat", "usage_usec 2500000\n");
         let s = probe.sample(t0 + Duration::from_secs(1), || panic!());
         assert_eq!(s.usage.cpu_percent, Some(50.0));
+        // A cgroup a member made below its own: its members count too.
+        let parent = std::os::unix::process::parent_id();
+        std::fs::create_dir(dir.path().join("inner")).unwrap();
+        put("inner/cgroup.procs", &format!("{parent}\n"));
+        let s = probe.sample(t0 + Duration::from_secs(2), || panic!());
+        assert_eq!(s.usage.processes, Some(2));
+        assert!(probe.members().contains(&parent));
         // A cgroup that cannot be read (removed): the probe falls back to the tree.
         let gone = Cgroup::at(dir.path().join("gone"));
         let s = Probe::new(Some(&gone), false).sample(t0, || vec![me]);

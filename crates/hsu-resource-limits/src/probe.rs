@@ -1,7 +1,7 @@
 //! [`Probe`]: samples one run's tree, cheaply, for the manager's sampler.
 
 use crate::cgroup::{keyed_value, parse_pids_into, Cgroup, Controllers};
-use crate::platform::{self, Reread, StatFiles};
+use crate::platform::{self, ReadBuf, Reread, StatFiles, Subdirs};
 use crate::watch::Usage;
 use crate::CpuMeter;
 use std::time::Instant;
@@ -24,7 +24,7 @@ pub struct Sample {
 struct CgroupFiles {
     procs: Reread,
     cpu_stat: Reread,
-    stat: Reread,
+    subdirs: Subdirs,
     memory_events: Option<Reread>,
     cgroup: Cgroup,
 }
@@ -47,7 +47,7 @@ pub struct Probe {
     stats: StatFiles,
     meter: CpuMeter,
     members: Vec<u32>,
-    buf: Vec<u8>,
+    buf: ReadBuf,
 }
 
 impl Probe {
@@ -59,7 +59,7 @@ impl Probe {
             CgroupFiles {
                 procs: file("cgroup.procs"),
                 cpu_stat: file("cpu.stat"),
-                stat: file("cgroup.stat"),
+                subdirs: Subdirs::new(cg.path().to_owned()),
                 memory_events: cg
                     .controllers()
                     .contains(Controllers::MEMORY)
@@ -73,7 +73,7 @@ impl Probe {
             stats: StatFiles::default(),
             meter: CpuMeter::default(),
             members: Vec::new(),
-            buf: Vec::new(),
+            buf: ReadBuf::default(),
         }
     }
 
@@ -96,8 +96,8 @@ impl Probe {
             Some(cg) => read_cgroup(cg, &mut self.buf, &mut self.members, &mut cpu_usec)
                 .map(|()| {
                     oom_kills = cg.memory_events.as_mut().and_then(|f| {
-                        f.read(&mut self.buf).ok()?;
-                        keyed_value(&self.buf, b"oom_kill")
+                        let n = f.read(&mut self.buf).ok()?;
+                        keyed_value(self.buf.get(n), b"oom_kill")
                     });
                 })
                 .is_ok(),
@@ -146,22 +146,20 @@ impl Probe {
 /// (a process may create some below its own) by a walk, only when there are any.
 fn read_cgroup(
     cg: &mut CgroupFiles,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     members: &mut Vec<u32>,
     cpu_usec: &mut Option<u64>,
 ) -> std::io::Result<()> {
-    cg.stat.read(buf)?;
-    let nested = keyed_value(buf, b"nr_descendants").unwrap_or(0) > 0;
-    if nested {
+    if cg.subdirs.count()? > 0 {
         *members = cg
             .cgroup
             .members()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     } else {
-        cg.procs.read(buf)?;
-        parse_pids_into(buf, members);
+        let n = cg.procs.read(buf)?;
+        parse_pids_into(buf.get(n), members);
     }
-    cg.cpu_stat.read(buf)?;
-    *cpu_usec = keyed_value(buf, b"usage_usec");
+    let n = cg.cpu_stat.read(buf)?;
+    *cpu_usec = keyed_value(buf.get(n), b"usage_usec");
     Ok(())
 }
