@@ -158,6 +158,16 @@ impl DutyCycle {
         }
     }
 
+    /// [`poll`](DutyCycle::poll), applying the step with `apply` (the supervisor's "stop
+    /// these processes" or "freeze this cgroup"); returns when to call again.
+    pub fn drive(&mut self, now: Instant, apply: impl FnOnce(ThrottleStep)) -> Option<Instant> {
+        let tick = self.poll(now);
+        if let Some(step) = tick.step {
+            apply(step);
+        }
+        tick.next
+    }
+
     /// Ends the cycling: `Continue` if the tree is stopped (apply it before anything else
     /// is done to the tree — a stopped process never sees its stop signal), and the tree
     /// runs freely until the next [`adapt`](DutyCycle::adapt) says otherwise.
@@ -247,6 +257,21 @@ mod tests {
         let go = d.poll(t + 100 * MS);
         assert_eq!(go.step, Some(ThrottleStep::Continue));
         assert_eq!(go.next, Some(t + 130 * MS));
+    }
+
+    #[test]
+    fn drive_applies_each_step_through_the_callers_hands() {
+        let t = Instant::now();
+        let mut d = DutyCycle::new(50.0, DEFAULT_PERIOD);
+        d.adapt(100.0);
+        let mut applied = Vec::new();
+        let mut next = d.drive(t, |s| applied.push(s)).unwrap();
+        for _ in 0..4 {
+            next = d.drive(next, |s| applied.push(s)).unwrap();
+        }
+        use ThrottleStep::*;
+        assert_eq!(applied, [Stop, Continue, Stop, Continue]);
+        assert_eq!(next, t + 250 * MS);
     }
 
     #[test]

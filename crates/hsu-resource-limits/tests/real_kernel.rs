@@ -12,7 +12,6 @@ use hsu_resource_limits::{
     MemoryLimit, Plan, Probe,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn spec(program: &str, args: &[&str]) -> SpawnSpec {
@@ -43,14 +42,33 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// The area of this test process, removed on drop by the last test that holds it (an
+/// earlier one finds runs of others still in it, and leaves it).
+struct Area(CgroupRoot);
+
+impl std::ops::Deref for Area {
+    type Target = CgroupRoot;
+    fn deref(&self) -> &CgroupRoot {
+        &self.0
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0.path());
+    }
+}
+
 /// The area of this test process, or why the test cannot run here.
-fn area() -> Result<CgroupRoot, String> {
+fn area() -> Result<Area, String> {
     if !hsu_process::is_superuser() {
         return Err("needs root".into());
     }
     // Orphans of the trees under test come to this process, which reaps them.
     hsu_process::become_subreaper().map_err(|e| e.to_string())?;
-    cgroup_area(&format!("hsu-test-{}", std::process::id())).map_err(|e| e.to_string())
+    cgroup_area(&format!("hsu-test-{}", std::process::id()))
+        .map(Area)
+        .map_err(|e| e.to_string())
 }
 
 macro_rules! area_or_skip {
@@ -65,18 +83,15 @@ macro_rules! area_or_skip {
     };
 }
 
-/// One run's cgroup, emptied, reaped and removed on drop; the area too once the last
-/// run of the test process is gone.
+/// One run's cgroup, emptied, reaped and removed on drop.
 struct Run {
     cg: Cgroup,
-    area: PathBuf,
 }
 
 impl Run {
     fn new(area: &CgroupRoot, id: &str) -> Run {
         Run {
             cg: area.create(id).expect("create the run's cgroup"),
-            area: area.path().to_owned(),
         }
     }
 }
@@ -91,8 +106,6 @@ impl Drop for Run {
             false
         });
         let _ = self.cg.remove();
-        // Other tests may still have runs in it: then the last one removes it.
-        let _ = std::fs::remove_dir(&self.area);
     }
 }
 
