@@ -166,9 +166,12 @@ pub fn pause_processes(pids: &[u32], step: ThrottleStep) {
     platform::pause_processes(pids, step)
 }
 
-/// Raises the manager's soft limit on open files to its hard limit, and returns it.
-/// Every spawned process gets it back lower where a plan says so (`rlimit_nofile`); the
-/// manager needs room for its samplers' kept-open files, its logs and its clients.
+/// Raises the manager's soft limit on open files to its hard limit, and returns it: room
+/// for its logs, its clients and the files its [`Probe`]s keep open (a quarter of the
+/// soft limit as it is when sampling starts — so call this first thing in `main`; past
+/// that budget probes open their files for each read, which costs more but never runs
+/// the manager out of descriptors). Children inherit the raised soft limit unless their
+/// spawn sets `rlimit_nofile`.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     platform::raise_fd_limit()
 }
