@@ -1708,6 +1708,8 @@ impl Supervisor {
             tag: self.tag.clone(),
             user: self.control.user.clone(),
             group: self.control.group.clone(),
+            cgroup: None,
+            rlimit_nofile: None,
         };
         (spec, given)
     }

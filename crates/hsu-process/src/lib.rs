@@ -56,6 +56,14 @@ pub struct SpawnSpec {
     pub user: Option<String>,
     /// Run with this primary group (a name or a numeric id) instead of the user's.
     pub group: Option<String>,
+    /// The cgroup to run in: its `cgroup.procs`, opened for writing. The child writes
+    /// itself into it before it runs its program, so neither it nor anything it starts is
+    /// ever outside that cgroup. `None`: the manager's own cgroup.
+    pub cgroup: Option<File>,
+    /// The process's limit on open files (`RLIMIT_NOFILE`, soft and hard alike), set
+    /// before it runs its program; capped at what the system allows (the hard limit, or
+    /// `fs.nr_open` for a manager running as root). `None`: the manager's own.
+    pub rlimit_nofile: Option<u64>,
 }
 
 /// Variables of the manager's own environment that a child never inherits: the control
@@ -343,6 +351,8 @@ mod tests {
             tag: tag.into(),
             user: None,
             group: None,
+            cgroup: None,
+            rlimit_nofile: None,
         }
     }
 

@@ -92,6 +92,14 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
     if !thread_mask_is_empty() {
         clear_mask_in_child(&mut cmd);
     }
+    // Before the identity change: joining a cgroup and raising a hard limit may need the
+    // rights the child gives up there.
+    let confinement = confine_in_child(&mut cmd, spec.cgroup, spec.rlimit_nofile).map_err(|e| {
+        SpawnError::Other {
+            program: program.clone(),
+            message: format!("cannot prepare the spawn: {e}"),
+        }
+    })?;
 
     if let Some(id) = identity {
         let Identity {
@@ -116,9 +124,15 @@ pub fn spawn(spec: SpawnSpec) -> Result<(u32, ChildHandle), SpawnError> {
     }
 
     let mut registry = spawned();
-    let child = cmd
-        .spawn()
-        .map_err(|e| spawn_error(&spec.program, &program, e))?;
+    let child = cmd.spawn().map_err(|e| {
+        match confinement.as_ref().and_then(ConfinementReport::failure) {
+            Some(message) => SpawnError::Other {
+                program: program.clone(),
+                message,
+            },
+            None => spawn_error(&spec.program, &program, e),
+        }
+    })?;
     let pid = child.id().ok_or_else(|| SpawnError::Other {
         program,
         message: "exited before its PID could be read".into(),
@@ -160,6 +174,136 @@ fn clear_mask_in_child(cmd: &mut tokio::process::Command) {
             }
         });
     }
+}
+
+/// What the child reports, on the pipe of [`confine_in_child`], when a step of its
+/// confinement fails: the step, then the errno, 4 bytes each in native order. The standard
+/// library passes only the errno of a failed pre-exec step back, and "permission denied"
+/// must not read as "the executable cannot be run" when it was the cgroup that refused.
+const STEP_CGROUP: i32 = 1;
+const STEP_NOFILE: i32 = 2;
+
+/// The read end of a child's confinement report, with what the report means.
+struct ConfinementReport {
+    pipe: std::fs::File,
+    nofile: Option<u64>,
+}
+
+impl ConfinementReport {
+    /// The failure the child reported, in words; `None` if it reported none (the spawn
+    /// failed elsewhere: at exec, most likely).
+    fn failure(&self) -> Option<String> {
+        use std::io::Read;
+        let mut buf = [0u8; 8];
+        // Non-blocking: a report is written before the child exits, so it is there by
+        // the time the spawn has failed, or never.
+        (&self.pipe).read_exact(&mut buf).ok()?;
+        let step = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let os =
+            std::io::Error::from_raw_os_error(i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]));
+        Some(match step {
+            STEP_CGROUP => format!("cannot place the process in its cgroup: {os}"),
+            _ => format!(
+                "cannot set its open-file limit (RLIMIT_NOFILE) to {}: {os}",
+                self.nofile.unwrap_or(0)
+            ),
+        })
+    }
+}
+
+/// Makes the child join its cgroup (writing "0", itself, to the `cgroup.procs` opened
+/// for it) and take its open-file limit, between fork and exec: it never runs a line of
+/// its program outside the cgroup, and neither does anything it starts. Nothing is added
+/// when neither is asked for, so the spawn keeps the standard library's cheaper
+/// posix_spawn path. Returns the read end of the failure report.
+fn confine_in_child(
+    cmd: &mut tokio::process::Command,
+    cgroup: Option<std::fs::File>,
+    nofile: Option<u64>,
+) -> std::io::Result<Option<ConfinementReport>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if cgroup.is_none() && nofile.is_none() {
+        return Ok(None);
+    }
+    let limit = nofile.map(|n| {
+        let cap = nofile_cap();
+        let n = n.min(cap) as libc::rlim_t;
+        libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        }
+    });
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which has room
+    // for exactly two; on failure it writes nothing.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nothing else.
+    let (reader, writer) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let procs_fd = cgroup.as_ref().map(AsRawFd::as_raw_fd);
+    let report_fd = writer.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: write and setrlimit are system calls, errno is
+    // read without allocating, and the report is built on the stack. The descriptors it
+    // uses stay open in the child because the closure owns their files (`cgroup`,
+    // `writer`), which live as long as the command; both are close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _owned = (&cgroup, &writer);
+            let fail = |step: i32| {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                let mut report = [0u8; 8];
+                report[..4].copy_from_slice(&step.to_ne_bytes());
+                report[4..].copy_from_slice(&errno.to_ne_bytes());
+                libc::write(report_fd, report.as_ptr().cast(), report.len());
+                Err(std::io::Error::from_raw_os_error(errno))
+            };
+            if let Some(fd) = procs_fd {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return fail(STEP_CGROUP);
+                }
+            }
+            if let Some(limit) = &limit {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
+                    return fail(STEP_NOFILE);
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(Some(ConfinementReport {
+        pipe: reader,
+        nofile,
+    }))
+}
+
+/// The highest open-file limit a child can be given: the manager's hard limit, or as
+/// root the system's ceiling (`fs.nr_open`), which a hard limit may be raised to.
+fn nofile_cap() -> u64 {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given, which lives on this stack frame.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
+        current.rlim_max
+    } else {
+        1024
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return hard;
+    }
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard)
+        .max(hard)
 }
 
 /// The identity a child takes on before exec.
