@@ -89,6 +89,8 @@ pub async fn run_command(
         tag: tag.clone(),
         user: None,
         group: None,
+        cgroup: None,
+        rlimit_nofile: None,
     })?;
     let mut run = Running {
         pid: child.pid(),
