@@ -456,6 +456,8 @@ impl From<model::Process> for pb::Process {
                 })
                 .collect(),
             waiting_for: p.waiting_for,
+            limit_status_json: serde_json::to_string(&p.limit_status)
+                .unwrap_or_else(|_| "{}".into()),
         }
     }
 }

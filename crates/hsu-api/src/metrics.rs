@@ -114,6 +114,20 @@ pub(crate) fn render(api: &ApiState) -> String {
     );
     out.per_process(
         &processes,
+        "hsu_process_alerts_total",
+        "counter",
+        "Limits with policy alert crossed since the manager started supervising the process.",
+        |p| Some(p.limit_status.alerts_total as f64),
+    );
+    out.per_process(
+        &processes,
+        "hsu_process_throttled",
+        "gauge",
+        "1 while the manager holds a CPU throttle by stopping and continuing the tree.",
+        |p| Some(u8::from(p.limit_status.throttled).into()),
+    );
+    out.per_process(
+        &processes,
         "hsu_process_circuit_open",
         "gauge",
         "1 while the process's circuit breaker is open, else 0 (half-open is counted apart).",

@@ -230,6 +230,49 @@ pub struct Process {
     /// While it waits to start: the dependencies not met yet, as `id (condition)`.
     #[serde(default)]
     pub waiting_for: Vec<String>,
+    /// How its limits are held, raised limits and alerts.
+    #[serde(default)]
+    pub limit_status: LimitStatus,
+}
+
+/// How a process's limits are held (`limit_status` of [`Process`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct LimitStatus {
+    /// Who holds each configured limit of the current run.
+    pub enforcement: Vec<LimitEnforcement>,
+    /// Limits raised by `restart_adjusted` for the next runs.
+    pub adjusted: Vec<AdjustedLimit>,
+    /// Limits with policy `alert` crossed and not back under yet.
+    pub alerts: Vec<String>,
+    /// Alerts raised since the manager started supervising the process.
+    pub alerts_total: u64,
+    /// A CPU throttle is held by stopping and continuing the tree.
+    pub throttled: bool,
+}
+
+/// Who holds one limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LimitEnforcement {
+    /// memory, cpu, file_descriptors or processes.
+    pub resource: String,
+    /// `cgroup` (the kernel, in the run's cgroup), `rlimit` (the kernel, a per-process
+    /// limit) or `polling` (the manager samples and applies the policy).
+    pub backend: String,
+    /// In a few words: the kernel files, or what the polling does.
+    pub detail: String,
+}
+
+/// A limit raised by `restart_adjusted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AdjustedLimit {
+    /// memory, cpu, file_descriptors or processes.
+    pub resource: String,
+    /// The configured limit.
+    pub configured: f64,
+    /// The limit in force.
+    pub effective: f64,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// One `depends_on` entry (`depends_on` of [`Process`], edges of [`Graph`]).
@@ -466,6 +509,32 @@ impl Process {
                 })
                 .collect(),
             waiting_for: v.waiting_for.clone(),
+            limit_status: LimitStatus {
+                enforcement: v
+                    .limits
+                    .enforcement
+                    .iter()
+                    .map(|(resource, backend, detail)| LimitEnforcement {
+                        resource: resource.clone(),
+                        backend: backend.clone(),
+                        detail: detail.clone(),
+                    })
+                    .collect(),
+                adjusted: v
+                    .limits
+                    .adjusted
+                    .iter()
+                    .map(|(resource, configured, effective, reason)| AdjustedLimit {
+                        resource: resource.clone(),
+                        configured: *configured,
+                        effective: *effective,
+                        reason: reason.clone(),
+                    })
+                    .collect(),
+                alerts: v.limits.alerts.clone(),
+                alerts_total: v.limits.alerts_total,
+                throttled: v.limits.throttled,
+            },
         }
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::http;
 use crate::model::{
-    Accepted, ApiError, Circuit, Dependency, Graph, GraphEdge, GraphNode, Health, HealthStatus,
-    LastExit, LogStream, Process, ProcessType, ReloadResult, Resources, State,
+    Accepted, AdjustedLimit, ApiError, Circuit, Dependency, Graph, GraphEdge, GraphNode, Health,
+    HealthStatus, LastExit, LimitEnforcement, LimitStatus, LogStream, Process, ProcessType,
+    ReloadResult, Resources, State,
 };
 use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -40,6 +41,9 @@ pub const BEARER_SCHEME: &str = "bearer_token";
     ),
     components(schemas(
         Process,
+        LimitStatus,
+        LimitEnforcement,
+        AdjustedLimit,
         Dependency,
         Graph,
         GraphNode,

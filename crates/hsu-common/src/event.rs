@@ -112,6 +112,34 @@ pub enum EventKind {
         /// The error, in words.
         error: String,
     },
+    /// Usage of a resource crossed its warning threshold (a warning only: no action).
+    ResourceWarning {
+        /// `memory`, `cpu`, `file_descriptors` or `processes`.
+        resource: String,
+        /// The usage measured (bytes, percent of one core, or a count).
+        value: f64,
+        /// The warning level it crossed, in the same unit.
+        limit: f64,
+    },
+    /// Usage of a resource crossed its limit (CPU: for `sustained_for`), or the kernel's
+    /// OOM killer ended the tree; `action` is the policy applied (or `oom_killed`).
+    ResourceViolation {
+        /// `memory`, `cpu`, `file_descriptors` or `processes`.
+        resource: String,
+        /// The usage measured (bytes, percent of one core, or a count; OOM kills for
+        /// `oom_killed`).
+        value: f64,
+        /// The limit, in the same unit.
+        limit: f64,
+        /// The policy applied: `log`, `alert`, `throttle`, `graceful_shutdown`,
+        /// `immediate_kill`, `restart`, `restart_adjusted`, or `oom_killed`.
+        action: String,
+    },
+    /// A limit with policy `alert` was crossed.
+    Alert {
+        /// What happened, in words.
+        message: String,
+    },
     /// A process's supervisor hit a bug while handling one input; it recovered and goes
     /// on supervising the process where it was.
     SupervisorFailed {
@@ -135,6 +163,9 @@ impl EventKind {
             EventKind::ManagerStopped { .. } => "manager_stopped",
             EventKind::HealthChanged { .. } => "health_changed",
             EventKind::LogWriteFailed { .. } => "log_write_failed",
+            EventKind::ResourceWarning { .. } => "resource_warning",
+            EventKind::ResourceViolation { .. } => "resource_violation",
+            EventKind::Alert { .. } => "alert",
             EventKind::SupervisorFailed { .. } => "supervisor_failed",
         }
     }

@@ -304,6 +304,16 @@ pub struct Limits {
     pub processes: Option<CountLimit>,
 }
 
+impl Limits {
+    /// No limit is configured.
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none()
+            && self.cpu.is_none()
+            && self.file_descriptors.is_none()
+            && self.processes.is_none()
+    }
+}
+
 /// `limits.memory`: a cap on the tree's resident memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryLimit {

@@ -102,6 +102,8 @@ pub struct ProcessView {
     pub health: HealthReport,
     /// While it waits to start: its dependencies not met yet, as `id (condition)`.
     pub waiting_for: Vec<String>,
+    /// What status shows of its limits: who enforces each, raised limits, alerts.
+    pub limits: crate::limits::LimitsView,
 }
 
 /// The dependency graph (`GET /api/v1/graph`).
@@ -704,6 +706,7 @@ fn view(o: crate::manager::Overview) -> ProcessView {
         status,
         mut health,
         waiting_for,
+        limits,
         definition,
     } = o;
     // Liveness is known continuously (the kernel reports an exit at once): while the
@@ -718,6 +721,7 @@ fn view(o: crate::manager::Overview) -> ProcessView {
         definition,
         health,
         waiting_for,
+        limits,
     }
 }
 

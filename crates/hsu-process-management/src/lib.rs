@@ -32,6 +32,7 @@ pub mod config;
 pub mod deps;
 pub mod facade;
 pub mod lifecycle;
+pub mod limits;
 pub mod manager;
 pub mod platform;
 pub mod process_control_impl;

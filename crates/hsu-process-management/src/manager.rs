@@ -2,7 +2,7 @@
 //! and the shutdown of everything. Cheap to clone; every clone is the same manager.
 
 use crate::platform::{OsPlatform, Platform};
-use crate::process_control_impl::{Context, Ending, ProcessHandle};
+use crate::process_control_impl::{Context, Ending, ProcessHandle, RunId};
 use hsu_common::{EventKind, EventSink, ProcessState};
 use hsu_managed_process::{
     ControlError, ControlSpec, ProcessControl, ProcessDefinition, ProcessStatus, ResourceUsage,
@@ -137,6 +137,7 @@ impl ProcessManager {
             &options.base_directory.join("state.json"),
             writer.clone(),
         ));
+        let cgroups = platform.cgroup_area(&options.base_directory);
         let ctx = Arc::new(Context {
             events: events.clone(),
             platform,
@@ -146,6 +147,7 @@ impl ProcessManager {
             capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
             tag_prefix: options.base_directory.display().to_string(),
             peers: Arc::new(crate::deps::Peers::default()),
+            cgroups,
         });
         let manager = ProcessManager {
             inner: Arc::new(Inner {
@@ -630,6 +632,10 @@ impl ProcessManager {
         let writer = self.inner.ctx.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
         hsu_process::reap_orphans();
+        if let Some(area) = &self.inner.ctx.cgroups {
+            // Empty once every run is gone; one still holding a run stays.
+            let _ = std::fs::remove_dir(area.path());
+        }
         self.inner.reaper.abort();
         if let Some(sampler) = lock(&self.inner.sampler).take() {
             sampler.abort();
@@ -653,22 +659,25 @@ pub struct Overview {
     pub health: HealthReport,
     /// While it waits to start: its dependencies not met yet, as `id (condition)`.
     pub waiting_for: Vec<String>,
+    /// What status shows of its limits.
+    pub limits: crate::limits::LimitsView,
     /// Its definition.
     pub definition: Arc<ProcessDefinition>,
 }
 
 fn overview_of(e: &Entry, usage: &HashMap<String, Sample>) -> Overview {
-    let (health, waiting_for) = match &e.supervision {
+    let (health, waiting_for, limits) = match &e.supervision {
         Supervision::Managed(h) => {
             let p = h.watch().borrow().clone();
-            (p.health, p.waiting_for)
+            (p.health, p.waiting_for, p.limits)
         }
-        Supervision::Idle(_) => (HealthReport::unknown(), Vec::new()),
+        Supervision::Idle(_) => (HealthReport::unknown(), Vec::new(), Default::default()),
     };
     Overview {
         status: with_usage(status_of(e), usage),
         health,
         waiting_for,
+        limits,
         definition: e.def.clone(),
     }
 }
@@ -776,7 +785,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One tree's last sample, and the meter that turns CPU time into a percentage.
 struct Sample {
     pid: u32,
-    meter: hsu_resource_limits::CpuMeter,
     usage: ResourceUsage,
 }
 
@@ -801,62 +809,137 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One probe per run: it keeps its files open between samples.
+    let mut probes: HashMap<String, (RunId, hsu_resource_limits::Probe)> = HashMap::new();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let running: Vec<(String, u32, String)> = lock(&inner.entries)
+        struct Target {
+            id: String,
+            run: RunId,
+            pid: u32,
+            tag: String,
+            handle: ProcessHandle,
+            judged: bool,
+        }
+        let targets: Vec<Target> = lock(&inner.entries)
             .iter()
             .filter_map(|e| match &e.supervision {
-                Supervision::Managed(h) => h
-                    .status()
-                    .pid
-                    .map(|pid| (e.def.id.clone(), pid, inner.ctx.tag(&e.def.id))),
+                Supervision::Managed(h) => {
+                    let (run, pid) = {
+                        let p = h.watch();
+                        let p = p.borrow();
+                        (p.run?, p.status.pid?)
+                    };
+                    let judged = e.def.control.as_ref().is_some_and(|c| !c.limits.is_empty());
+                    Some(Target {
+                        id: e.def.id.clone(),
+                        run,
+                        pid,
+                        tag: inner.ctx.tag(&e.def.id),
+                        handle: h.clone(),
+                        judged,
+                    })
+                }
                 Supervision::Idle(_) => None,
             })
             .collect();
+        probes.retain(|id, (run, _)| targets.iter().any(|t| &t.id == id && t.run == *run));
+        let area = inner.ctx.cgroups.clone();
+        let keys: Vec<(String, RunId, u32, String)> = targets
+            .iter()
+            .map(|t| (t.id.clone(), t.run, t.pid, t.tag.clone()))
+            .collect();
+        let mut taken = std::mem::take(&mut probes);
         // /proc reads block; keep them off the runtime's worker threads.
-        let samples = tokio::task::spawn_blocking(move || {
-            let roots: Vec<(u32, &str)> = running
+        let sampled = tokio::task::spawn_blocking(move || {
+            let now = std::time::Instant::now();
+            for (id, run, _, _) in &keys {
+                taken.entry(id.clone()).or_insert_with(|| {
+                    let cgroup = area.as_ref().and_then(|a| a.open(id).ok().flatten());
+                    (*run, hsu_resource_limits::Probe::new(cgroup.as_ref(), true))
+                });
+            }
+            // Trees without a cgroup are found with one walk of /proc for all of them.
+            let walk: Vec<(u32, &str)> = keys
                 .iter()
-                .map(|(_, pid, tag)| (*pid, tag.as_str()))
+                .filter(|(id, ..)| taken.get(id).is_some_and(|(_, p)| !p.has_cgroup()))
+                .map(|(_, _, pid, tag)| (*pid, tag.as_str()))
                 .collect();
-            let trees = hsu_process::trees_of(&roots);
-            running
+            let mut trees: HashMap<u32, Vec<u32>> = walk
                 .iter()
-                .zip(trees)
-                .map(|((id, pid, _), tree)| {
-                    let usage = hsu_resource_limits::sample(&tree);
-                    (id.clone(), *pid, usage, std::time::Instant::now())
+                .map(|(pid, _)| *pid)
+                .zip(hsu_process::trees_of(&walk))
+                .collect();
+            let samples: Vec<(String, hsu_resource_limits::Sample)> = keys
+                .iter()
+                .filter_map(|(id, _, pid, _)| {
+                    let (_, probe) = taken.get_mut(id)?;
+                    let tree = trees.remove(pid).unwrap_or_else(|| vec![*pid]);
+                    Some((id.clone(), probe.sample(now, move || tree)))
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            (taken, samples)
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let Ok((taken, samples)) = sampled else {
+            continue;
+        };
+        probes = taken;
         tracing::trace!(trees = samples.len(), "resource sample");
-        let mut usage = lock(&inner.usage);
         let mut fresh = HashMap::with_capacity(samples.len());
-        for (id, pid, tree, at) in samples {
-            let mut meter = match usage.remove(&id) {
-                Some(s) if s.pid == pid => s.meter,
-                _ => hsu_resource_limits::CpuMeter::default(),
+        for (id, sample) in samples {
+            let Some(t) = targets.iter().find(|t| t.id == id) else {
+                continue;
             };
-            let cpu_percent = meter.percent(at, tree.cpu_seconds).unwrap_or(0.0);
-            let sample = Sample {
-                pid,
-                meter,
-                usage: ResourceUsage {
-                    rss_bytes: tree.rss_bytes,
-                    cpu_percent,
-                    cpu_seconds: tree.cpu_seconds,
-                    fds: tree.fds,
-                    processes: tree.processes,
+            if t.judged {
+                t.handle.report_usage(t.run, sample);
+            }
+            let u = sample.usage;
+            fresh.insert(
+                id,
+                Sample {
+                    pid: t.pid,
+                    usage: ResourceUsage {
+                        rss_bytes: u.memory_bytes.unwrap_or(0),
+                        cpu_percent: u.cpu_percent.unwrap_or(0.0),
+                        cpu_seconds: sample.cpu_seconds,
+                        fds: u.fds.unwrap_or(0),
+                        processes: u.processes.unwrap_or(0),
+                    },
                 },
-            };
-            fresh.insert(id, sample);
+            );
         }
-        *usage = fresh;
+        *lock(&inner.usage) = fresh;
+    }
+}
+
+/// The manager's cgroup area, or `None` (said once, in the log) where there is none.
+pub(crate) fn cgroup_area(base: &std::path::Path) -> Option<hsu_resource_limits::CgroupRoot> {
+    let instance = hsu_resource_limits::instance_name(base);
+    match hsu_resource_limits::cgroup_area(&instance) {
+        Ok(area) => {
+            let missing = area.missing();
+            if missing == hsu_resource_limits::Controllers::empty() {
+                tracing::info!(
+                    "each process runs in its own cgroup under {}",
+                    area.path().display()
+                );
+            } else {
+                tracing::info!(
+                    "each process runs in its own cgroup under {} (controllers not available there: {}; those limits are polled)",
+                    area.path().display(),
+                    missing.names()
+                );
+            }
+            Some(area)
+        }
+        Err(why) => {
+            tracing::info!("{why}");
+            None
+        }
     }
 }
 

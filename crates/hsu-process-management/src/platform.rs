@@ -72,6 +72,13 @@ pub trait Platform: Send + Sync + 'static {
     /// what cleaning up an overrunning `exec` check takes) and leaves nothing running
     /// when dropped.
     fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome>;
+    /// The manager's area in the cgroup v2 hierarchy for base directory `base`, where
+    /// each run gets its own cgroup; `None` where there is none (runs are then found
+    /// through `/proc` and their limits polled).
+    fn cgroup_area(&self, base: &std::path::Path) -> Option<hsu_resource_limits::CgroupRoot> {
+        let _ = base;
+        None
+    }
     /// Asks the integrated process listening on `port` to shut down
     /// (`hsu.core.v1.CoreService/Shutdown`); `Ok` once it answered.
     fn request_shutdown(
@@ -116,6 +123,10 @@ impl Platform for OsPlatform {
             tree.root
         };
         hsu_process::sweep_scan(root, tree.tag)
+    }
+
+    fn cgroup_area(&self, base: &std::path::Path) -> Option<hsu_resource_limits::CgroupRoot> {
+        crate::manager::cgroup_area(base)
     }
 
     fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome> {

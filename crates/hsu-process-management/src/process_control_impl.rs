@@ -32,6 +32,7 @@
 
 use crate::deps::{self, Peers, Verdict};
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
+use crate::limits::{LimitsView, RunLimits};
 use crate::platform::{Platform, ProbeRequest, Tree};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
 use hsu_log_collection::{CaptureFiles, Stream};
@@ -43,6 +44,7 @@ use hsu_monitoring::{HealthReport, HealthStatus, HealthTracker, ProbeOutcome};
 use hsu_process::{ExitInfo, SpawnSpec};
 use hsu_process_file::{FileWriter, PidFiles, StateFile};
 use hsu_process_state::StateMachine;
+use hsu_resource_limits as rl;
 use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -78,6 +80,9 @@ pub struct Context {
     pub tag_prefix: String,
     /// What every supervisor publishes, by id, for `depends_on`.
     pub peers: Arc<Peers>,
+    /// The manager's area in the cgroup v2 hierarchy, when it has one: each run gets a
+    /// cgroup there.
+    pub cgroups: Option<rl::CgroupRoot>,
 }
 
 impl Context {
@@ -184,6 +189,11 @@ enum Input {
     Deps(Verdict),
     DepRestarted(String),
     LogReady(RunId),
+    /// A resource sample of a run's tree.
+    Usage {
+        run: RunId,
+        sample: rl::Sample,
+    },
     /// The earliest deadline of the current phase has passed.
     Timer,
 }
@@ -206,6 +216,7 @@ enum Message {
     Command(Command),
     Report { run: RunId, report: Report },
     LogReady(RunId),
+    Usage { run: RunId, sample: rl::Sample },
 }
 
 /// What the supervisor publishes after every input.
@@ -221,6 +232,8 @@ pub struct Published {
     pub log_ready: bool,
     /// While waiting to start: the dependencies not met yet, as `id (condition)`.
     pub waiting_for: Vec<String>,
+    /// What status shows of its limits.
+    pub limits: LimitsView,
 }
 
 /// The caller's side of one supervisor task. Cheap to clone.
@@ -250,6 +263,7 @@ impl ProcessHandle {
             health: HealthReport::unknown(),
             log_ready: false,
             waiting_for: Vec::new(),
+            limits: LimitsView::default(),
         });
         let supervisor = Supervisor {
             machine: StateMachine::stopped_because(&def.id, reason),
@@ -270,6 +284,10 @@ impl ProcessHandle {
             verdict: Verdict::Met,
             deps_task: None,
             log_ready: false,
+            adjustments: rl::Adjustments::default(),
+            run_limits: None,
+            alerts: std::collections::BTreeMap::new(),
+            alerts_total: 0,
             status_tx,
             ended: false,
         };
@@ -301,6 +319,12 @@ impl ProcessHandle {
     /// What the health checks found.
     pub fn health(&self) -> HealthReport {
         self.status.borrow().health.clone()
+    }
+
+    /// A resource sample of `run`'s tree, to judge against the limits; one about an
+    /// earlier run is ignored.
+    pub fn report_usage(&self, run: RunId, sample: rl::Sample) {
+        let _ = self.messages.send(Message::Usage { run, sample });
     }
 
     /// A line of `run`'s output matched its `ready_log_line` (the condition `log_ready`
@@ -412,6 +436,8 @@ struct Run {
     grace_until: Instant,
     /// integrated_managed: the port it was given.
     port: Option<u16>,
+    /// The run's own cgroup, when the manager has a cgroup area.
+    cgroup: Option<Arc<rl::Cgroup>>,
     /// When the run will have been up `reset_after` (forgets earlier failures); `None`
     /// once that has happened.
     stable_at: Option<Instant>,
@@ -558,6 +584,13 @@ struct Supervisor {
     deps_task: Option<AbortHandle>,
     /// A line of the current run's output matched `ready_log_line`.
     log_ready: bool,
+    /// `restart_adjusted` restarts so far, by resource: they raise the next run's limits.
+    adjustments: rl::Adjustments,
+    /// The current run's limit state.
+    run_limits: Option<(RunId, RunLimits)>,
+    /// Crossed limits with policy `alert`, by resource, until back under.
+    alerts: std::collections::BTreeMap<&'static str, String>,
+    alerts_total: u64,
     status_tx: watch::Sender<Published>,
     /// Set when the supervisor has finished its last teardown and must return.
     ended: bool,
@@ -608,6 +641,7 @@ impl Supervisor {
                     Some(Message::Command(c)) => Input::Command(c),
                     Some(Message::Report { run, report }) => Input::Report { run, report },
                     Some(Message::LogReady(run)) => Input::LogReady(run),
+                    Some(Message::Usage { run, sample }) => Input::Usage { run, sample },
                     None => {
                         // Every handle is gone: nobody can stop the process any more.
                         callers_gone = true;
@@ -708,6 +742,7 @@ impl Supervisor {
             Input::ShutdownAnswered { run, result } => self.on_shutdown_answered(run, result, now),
             Input::Deps(verdict) => self.on_deps(verdict, now),
             Input::DepRestarted(id) => self.on_dep_restarted(&id, now),
+            Input::Usage { run, sample } => self.on_usage(run, sample, now),
             Input::LogReady(run) => {
                 if matches!(&self.phase, Phase::Running(r) if r.id == run) {
                     self.log_ready = true;
@@ -727,7 +762,18 @@ impl Supervisor {
     /// The earliest moment the loop must act without an input.
     fn next_deadline(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Running(run) => run.stable_at,
+            Phase::Running(run) => {
+                let tick = self
+                    .run_limits
+                    .as_ref()
+                    .filter(|(at, _)| *at == run.id)
+                    .and_then(|(_, l)| l.next_tick())
+                    .map(Instant::from_std);
+                match (run.stable_at, tick) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
             Phase::Stopping(t) | Phase::Stopped { leftovers: Some(t) } => Some(t.next_deadline()),
             Phase::Failed {
                 leftovers: Some(t), ..
@@ -1249,6 +1295,18 @@ impl Supervisor {
             }
             return;
         }
+        if let (Phase::Running(_), Some((_, limits))) = (&self.phase, self.run_limits.as_mut()) {
+            if let Some((duty, next)) = limits.duty.as_mut() {
+                if next.is_some_and(|at| at <= now.into_std()) {
+                    let mut step = None;
+                    *next = duty.drive(now.into_std(), |s| step = Some(s));
+                    let cgroup = limits.cgroup.clone();
+                    if let Some(step) = step {
+                        self.apply_throttle(step, cgroup.as_deref());
+                    }
+                }
+            }
+        }
         match &mut self.phase {
             Phase::Running(run) => {
                 if run.stable_at.is_some_and(|at| at <= now) {
@@ -1334,6 +1392,7 @@ impl Supervisor {
     /// Running → stopping: the stop signal (SIGKILL when `force`) goes to the tree and
     /// the loop waits for it to go.
     fn begin_stop(&mut self, why: &str, then: Then, force: bool, now: Instant) {
+        self.release_throttle();
         let Phase::Running(run) = &self.phase else {
             return;
         };
@@ -1378,6 +1437,7 @@ impl Supervisor {
         what: &str,
         now: Instant,
     ) -> Option<Teardown> {
+        self.release_throttle();
         let t = Teardown::new(
             run,
             exit,
@@ -1387,7 +1447,10 @@ impl Supervisor {
             self.control.graceful_timeout,
         );
         let tree = t.tree(&self.tag);
-        if exit.is_some() && self.ctx.platform.tree(tree).is_empty() {
+        if exit.is_some() && t.members(self.ctx.platform.as_ref(), &self.tag).is_empty() {
+            if let Some(cg) = &t.run.cgroup {
+                let _ = cg.remove();
+            }
             return None;
         }
         self.ctx
@@ -1521,6 +1584,11 @@ impl Supervisor {
             }
         };
         self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
+        if let Some(cg) = &t.run.cgroup {
+            if let Err(e) = cg.remove() {
+                tracing::debug!(id = self.id(), "the run's cgroup stays: {e}");
+            }
+        }
         let took = humantime::format_duration(round_ms(now.saturating_duration_since(t.began)));
         let asked = if t.exited_on_request {
             " after the Shutdown call"
@@ -1601,7 +1669,23 @@ impl Supervisor {
             tracing::error!("{e}");
         }
         self.log_ready = false;
-        let (spec, port) = self.spawn_spec();
+        let (mut spec, port) = self.spawn_spec();
+        let limits = crate::limits::convert(&self.control.limits).adjusted(&self.adjustments);
+        let cgroup = self.run_cgroup();
+        let run_limits = RunLimits::new(limits, cgroup.clone());
+        if let Some(cg) = &cgroup {
+            if let Err(e) = cg.apply(&run_limits.plan) {
+                tracing::warn!(
+                    id = self.id(),
+                    "cannot set the run's cgroup limits ({e}); they are polled"
+                );
+            }
+            match cg.procs_file() {
+                Ok(f) => spec.cgroup = Some(f),
+                Err(e) => tracing::warn!(id = self.id(), "{e}"),
+            }
+        }
+        spec.rlimit_nofile = run_limits.plan.rlimit_nofile;
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
@@ -1635,7 +1719,9 @@ impl Supervisor {
                     grace_until: now + grace,
                     check,
                     port,
+                    cgroup,
                 };
+                self.run_limits = Some((run.id, run_limits));
                 let hc = &self.def.health_check;
                 self.health = HealthTracker::new(hc.failure_threshold, hc.success_threshold);
                 let reason = match &run.check {
@@ -1649,12 +1735,182 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::warn!(id = self.id(), "{e}");
+                if let Some(cg) = &cgroup {
+                    let _ = cg.remove();
+                }
                 self.tracker.on_start(now.into_std());
                 let decision = self.tracker.on_exit(now.into_std(), Trigger::Exit, false);
                 // Starting → failed: the spawn error is the reason.
                 self.phase = Phase::Stopped { leftovers: None };
                 self.fail_or_stop(decision, e.to_string(), None, now);
             }
+        }
+    }
+
+    /// A fresh cgroup for the next run, where the manager has a cgroup area.
+    fn run_cgroup(&self) -> Option<Arc<rl::Cgroup>> {
+        let area = self.ctx.cgroups.as_ref()?;
+        match area.create(self.id()) {
+            Ok(cg) => Some(Arc::new(cg)),
+            Err(e) => {
+                tracing::warn!(
+                    id = self.id(),
+                    "no cgroup for this run ({e}); its tree is found through /proc"
+                );
+                None
+            }
+        }
+    }
+
+    /// A sample of the current run's tree: judged against its limits, each finding
+    /// journaled and acted on by its policy.
+    fn on_usage(&mut self, run: RunId, sample: rl::Sample, now: Instant) {
+        let Some((at, limits)) = self.run_limits.as_mut() else {
+            return;
+        };
+        if *at != run || !matches!(&self.phase, Phase::Running(r) if r.id == run) {
+            return;
+        }
+        let mut findings = limits.watch.observe(now.into_std(), &sample.usage);
+        if let Some(oom) = sample
+            .oom_kills
+            .and_then(|n| limits.watch.observe_oom_kills(n))
+        {
+            findings.push(oom);
+        }
+        if let (Some((duty, next)), Some(cpu)) = (limits.duty.as_mut(), sample.usage.cpu_percent) {
+            duty.adapt(cpu);
+            if next.is_none() {
+                *next = Some(now.into_std());
+            }
+        }
+        for finding in findings {
+            self.on_finding(run, finding, now);
+        }
+    }
+
+    fn on_finding(&mut self, run: RunId, finding: rl::Finding, now: Instant) {
+        use rl::{Finding, LimitPolicy};
+        match finding {
+            Finding::Warning {
+                resource,
+                value,
+                limit,
+                ..
+            } => {
+                tracing::info!(
+                    id = self.id(),
+                    "{} (warning threshold)",
+                    crate::limits::describe(resource, value, limit)
+                );
+                self.emit(EventKind::ResourceWarning {
+                    resource: resource.name().into(),
+                    value,
+                    limit,
+                });
+            }
+            Finding::Recovered { resource, .. } => {
+                self.alerts.remove(resource.name());
+            }
+            Finding::OomKilled { kills, limit } => {
+                tracing::warn!(
+                    id = self.id(),
+                    "the kernel's OOM killer ended the tree ({kills} kills)"
+                );
+                self.emit(EventKind::ResourceViolation {
+                    resource: "memory".into(),
+                    value: kills as f64,
+                    limit: limit.unwrap_or(0.0),
+                    action: "oom_killed".into(),
+                });
+            }
+            Finding::Violation {
+                resource,
+                value,
+                limit,
+                policy,
+            } => {
+                let what = crate::limits::describe(resource, value, limit);
+                self.emit(EventKind::ResourceViolation {
+                    resource: resource.name().into(),
+                    value,
+                    limit,
+                    action: policy.name().into(),
+                });
+                match policy {
+                    LimitPolicy::None => {}
+                    LimitPolicy::Log => tracing::warn!(id = self.id(), "limit exceeded: {what}"),
+                    LimitPolicy::Alert => {
+                        tracing::warn!(id = self.id(), "alert: limit exceeded: {what}");
+                        self.alerts_total += 1;
+                        self.alerts.insert(resource.name(), what.clone());
+                        self.emit(EventKind::Alert {
+                            message: format!("limit exceeded: {what}"),
+                        });
+                    }
+                    LimitPolicy::Throttle => {
+                        tracing::warn!(id = self.id(), "limit exceeded: {what}; throttling");
+                        if let Some((_, limits)) = self.run_limits.as_mut() {
+                            if let (Some((target, _)), None) =
+                                (limits.plan.duty_cycle, limits.duty.as_ref())
+                            {
+                                let mut duty = rl::DutyCycle::new(target, rl::DEFAULT_PERIOD);
+                                duty.adapt(value);
+                                limits.duty = Some((duty, Some(now.into_std())));
+                            }
+                        }
+                    }
+                    LimitPolicy::GracefulShutdown => {
+                        let why = format!("limit exceeded: {what} (policy graceful_shutdown)");
+                        tracing::warn!(id = self.id(), "{why}");
+                        self.begin_stop(&why, Then::Stay, false, now);
+                    }
+                    LimitPolicy::ImmediateKill => {
+                        let why = format!("limit exceeded: {what} (policy immediate_kill)");
+                        tracing::warn!(id = self.id(), "{why}");
+                        self.begin_stop(&why, Then::Stay, true, now);
+                    }
+                    LimitPolicy::Restart | LimitPolicy::RestartAdjusted => {
+                        if policy == LimitPolicy::RestartAdjusted {
+                            self.adjustments.record(resource);
+                        }
+                        let reason = format!("limit exceeded: {what} (policy {})", policy.name());
+                        self.on_report(run, Report::LimitExceeded { reason }, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets a throttled tree run again before anything else is done to it: a stopped
+    /// process never sees its stop signal.
+    fn release_throttle(&mut self) {
+        let Some((_, limits)) = self.run_limits.as_mut() else {
+            return;
+        };
+        let Some((mut duty, _)) = limits.duty.take() else {
+            return;
+        };
+        if let Some(step) = duty.release() {
+            let cgroup = limits.cgroup.clone();
+            self.apply_throttle(step, cgroup.as_deref());
+        }
+    }
+
+    fn apply_throttle(&self, step: rl::ThrottleStep, cgroup: Option<&rl::Cgroup>) {
+        let stop = step == rl::ThrottleStep::Stop;
+        if let Some(cg) = cgroup {
+            if cg.set_frozen(stop).is_ok() {
+                return;
+            }
+        }
+        if let Phase::Running(r) = &self.phase {
+            let tree = Tree {
+                root: r.pid,
+                root_reaped: false,
+                tag: &self.tag,
+            };
+            rl::pause_processes(&self.ctx.platform.tree(tree), step);
         }
     }
 
@@ -1817,6 +2073,45 @@ impl Supervisor {
         }
     }
 
+    fn limits_view(&self) -> LimitsView {
+        let configured = crate::limits::convert(&self.control.limits);
+        let mut view = LimitsView {
+            adjusted: configured
+                .adjustments_report(&self.adjustments)
+                .into_iter()
+                .map(|a| {
+                    (
+                        a.resource.name().into(),
+                        a.configured,
+                        a.effective,
+                        a.reason,
+                    )
+                })
+                .collect(),
+            alerts: self.alerts.values().cloned().collect(),
+            alerts_total: self.alerts_total,
+            ..LimitsView::default()
+        };
+        if let (Phase::Running(r), Some((at, limits))) = (&self.phase, &self.run_limits) {
+            if r.id == *at {
+                view.enforcement = limits
+                    .plan
+                    .enforcements
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.resource.name().into(),
+                            e.backend.name().into(),
+                            e.detail.into(),
+                        )
+                    })
+                    .collect();
+                view.throttled = limits.duty.as_ref().is_some_and(|(d, _)| d.is_active());
+            }
+        }
+        view
+    }
+
     fn publish(&self) {
         let (pid, started_at, run) = match &self.phase {
             Phase::Running(r) => (Some(r.pid), Some(r.started_at), Some(r.id)),
@@ -1863,12 +2158,14 @@ impl Supervisor {
             }
             _ => Vec::new(),
         };
+        let limits = self.limits_view();
         let published = Published {
             status,
             run,
             health,
             log_ready: self.log_ready && run.is_some(),
             waiting_for,
+            limits,
         };
         let mut relevant = false;
         self.status_tx.send_if_modified(|old| {
@@ -1910,6 +2207,20 @@ impl Teardown {
             waiters: Vec::new(),
             then,
         }
+    }
+
+    /// The live members of the tree: found through `/proc` by the tag, and in the run's
+    /// cgroup (where a member that dropped the tag still is).
+    fn members(&self, platform: &dyn Platform, tag: &str) -> Vec<u32> {
+        let mut left = platform.tree(self.tree(tag));
+        if let Some(cg) = &self.run.cgroup {
+            for pid in cg.members().unwrap_or_default() {
+                if !left.contains(&pid) {
+                    left.push(pid);
+                }
+            }
+        }
+        left
     }
 
     fn tree<'a>(&self, tag: &'a str) -> Tree<'a> {
@@ -1962,12 +2273,16 @@ impl Teardown {
             self.kill_at = self.kill_at.min(now + self.graceful);
         }
         if self.killed_at.is_some() {
-            // Swept every check: members forked since the last SIGKILL die too.
+            // Swept every check: members forked since the last SIGKILL die too. The
+            // cgroup's kill reaches every member, whatever it did to leave the tree.
             platform.signal_tree(tree, StopSignal::Kill);
+            if let Some(cg) = &self.run.cgroup {
+                let _ = cg.kill();
+            }
         }
         // Orphans that died are zombies, which `tree` does not count; the manager's
         // reaper collects them on SIGCHLD.
-        let left = platform.tree(tree);
+        let left = self.members(platform, tag);
         self.crowded |= self.killed_at.is_some() || left.iter().any(|&p| p != self.run.pid);
         if self.exit.is_some() && left.is_empty() {
             if !self.crowded || self.seen_empty {

@@ -77,6 +77,11 @@ impl Probe {
         }
     }
 
+    /// Whether the probe reads a cgroup (else it is handed the tree's members).
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
+    }
+
     /// Whether file descriptors are counted from now on.
     pub fn set_count_fds(&mut self, count: bool) {
         self.count_fds = count;
