@@ -106,6 +106,10 @@ fn test_health_restart_when_http_turns_503() {
         p["state"] == "running" && p["pid"].as_u64().is_some_and(|pid| pid as u32 != first_pid)
     });
     assert!(p["restart_count"].as_u64().unwrap() >= 1, "{p}");
+    // The journal is written in the background: wait for the new run's verdict there.
+    pm.wait_for_events("the new run healthy", 2, LONG, |e| {
+        e.is_kind("web", "health_changed") && e.str("to") == Some("healthy")
+    });
     let changes = health_changes(&pm, "web");
     assert_eq!(
         changes[..3],
@@ -230,6 +234,7 @@ fn test_health_tcp_to_a_closed_port_is_unhealthy() {
     );
     // Never passed: still starting; before the first check the verdict was unknown.
     assert_eq!(p["state"], "starting", "{p}");
+    pm.wait_for_event("tcp unhealthy", LONG, |e| e.is_kind("tcp", "health_changed"));
     assert_eq!(health_changes(&pm, "tcp"), ["unknown->unhealthy"]);
     pm.shutdown_cleanly(LONG);
 }
@@ -346,6 +351,7 @@ fn test_health_starting_until_the_first_passing_check() {
     assert_eq!(p["state"], "starting", "{p}");
     assert_eq!(health(&p)["status"], "unknown", "{p}");
     api.wait_process("slowboot", "running", LONG, |p| p["state"] == "running");
+    pm.wait_for_event("running", LONG, |e| e.is_transition("slowboot", "starting", "running"));
     let events = pm.events_for("slowboot");
     let spawned = events
         .iter()
@@ -384,6 +390,7 @@ fn test_health_failures_inside_the_grace_period_are_ignored() {
     let mut pm = ProcessManager::start("e2e-test-health-grace", &config);
     let api = pm.api();
     api.wait_process("graceful", "running", LONG, |p| p["state"] == "running");
+    pm.wait_for_event("running", LONG, |e| e.is_transition("graceful", "starting", "running"));
     let events = pm.events_for("graceful");
     assert!(
         events
@@ -435,11 +442,10 @@ fn test_health_integrated_stopped_through_the_shutdown_rpc() {
         !err.contains("received SIGTERM"),
         "no signal was needed:\n{err}"
     );
-    let stopped = pm
-        .events_for("core")
-        .into_iter()
-        .rfind(|e| e.is_transition("core", "stopping", "stopped"))
-        .unwrap();
+    // The journal is written in the background: wait for the line, not just the state.
+    let stopped = pm.wait_for_event("core stopped", LONG, |e| {
+        e.is_transition("core", "stopping", "stopped")
+    });
     assert!(
         stopped
             .str("reason")
