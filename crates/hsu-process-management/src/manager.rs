@@ -142,7 +142,14 @@ impl ProcessManager {
             pid_files,
             writer,
             durable: durable.clone(),
-            capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
+            // Settings from the config arrive with `log_collector().update` (the facade
+            // passes them on); until then the config's defaults apply.
+            capture: hsu_log_collection::LogCollector::new(
+                &options.log_directory,
+                options.base_directory.join("fifos"),
+                hsu_log_collection::Settings::default(),
+                events.clone(),
+            ),
             tag_prefix: options.base_directory.display().to_string(),
         });
         let manager = ProcessManager {
@@ -246,6 +253,12 @@ impl ProcessManager {
             def: Arc::new(def),
             supervision,
         }
+    }
+
+    /// The collector of every process's output (settings, reconnecting adopted
+    /// processes, stats).
+    pub fn log_collector(&self) -> &hsu_log_collection::LogCollector {
+        &self.inner.ctx.capture
     }
 
     /// The settings the manager was started with.
@@ -555,6 +568,8 @@ impl ProcessManager {
             .collect();
         *self.entries() = statuses;
         stop_all(entries, deadline).await;
+        // What the stopped processes wrote last is written before the manager exits.
+        self.inner.ctx.capture.shutdown().await;
         // PID-file removals and state.json reach the disk before the manager exits.
         let writer = self.inner.ctx.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
