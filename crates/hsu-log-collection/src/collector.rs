@@ -277,8 +277,7 @@ impl LogCollector {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        let handles: Vec<Arc<StreamHandle>> =
-            lock(&self.inner.streams).values().cloned().collect();
+        let handles: Vec<Arc<StreamHandle>> = lock(&self.inner.streams).values().cloned().collect();
         for handle in &handles {
             self.close_reader(handle);
         }
@@ -526,7 +525,9 @@ async fn read_stream(inner: Weak<Inner>, handle: Arc<StreamHandle>, generation: 
                 return;
             };
             let mut slot = handle.lock();
-            if slot.generation != generation || !slot.fd.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fd)) {
+            if slot.generation != generation
+                || !slot.fd.as_ref().is_some_and(|f| Arc::ptr_eq(f, &fd))
+            {
                 return;
             }
             match read_chunk(|buf| fd.try_read(buf)) {

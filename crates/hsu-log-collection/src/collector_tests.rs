@@ -89,7 +89,10 @@ async fn lines_and_the_unfinished_last_line_reach_the_file() {
     // The pipe is read again for the next run.
     let mut next = f.collector.attach("p", Stream::Stdout).unwrap();
     next.write_all(b"three\n").unwrap();
-    until("the next run", || read(&path).ends_with("unfinished\nthree\n")).await;
+    until("the next run", || {
+        read(&path).ends_with("unfinished\nthree\n")
+    })
+    .await;
     let s = f.collector.stats("p", Stream::Stdout).unwrap();
     assert_eq!(s.lines_written, 4);
     assert_eq!(s.bytes_read, 24);
@@ -191,7 +194,11 @@ async fn a_full_disk_drops_counts_reports_once_and_recovers() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     until("all 50 lines dropped", || {
-        f.collector.stats("p", Stream::Stdout).unwrap().lines_dropped == 50
+        f.collector
+            .stats("p", Stream::Stdout)
+            .unwrap()
+            .lines_dropped
+            == 50
     })
     .await;
     let s = f.collector.stats("p", Stream::Stdout).unwrap();
@@ -219,7 +226,10 @@ async fn a_deleted_log_directory_is_made_again() {
     child.write_all(b"second\n").unwrap();
     until("the directory back", || read(&path) == "second\n").await;
     assert_eq!(
-        f.collector.stats("p", Stream::Stdout).unwrap().lines_dropped,
+        f.collector
+            .stats("p", Stream::Stdout)
+            .unwrap()
+            .lines_dropped,
         0
     );
     drop(child);
@@ -246,11 +256,13 @@ async fn aggregation_targets_get_every_line_in_their_format() {
     let mut out = f.collector.attach("web", Stream::Stdout).unwrap();
     let mut err = f.collector.attach("web", Stream::Stderr).unwrap();
     let long = vec![b'x'; MAX_LINE * 3 + 10];
-    out.write_all(b"plain \x01 text\n\xff\xfe not utf-8\n").unwrap();
+    out.write_all(b"plain \x01 text\n\xff\xfe not utf-8\n")
+        .unwrap();
     out.write_all(&long).unwrap();
     out.write_all(b"\n").unwrap();
     err.write_all(b"oops\n").unwrap();
-    f.collector.manager_line(b"\x1b[32m INFO\x1b[0m manager says hi\n");
+    f.collector
+        .manager_line(b"\x1b[32m INFO\x1b[0m manager says hi\n");
     drop((out, err));
     let logs = f.dir.path().join("logs");
     let agg = logs.join("aggregated.log");
@@ -281,7 +293,10 @@ async fn aggregation_targets_get_every_line_in_their_format() {
     assert_eq!(stored.len(), 13 + 13 + long.len() + 4);
     let enhanced = read(&logs.join("enhanced.log"));
     assert!(enhanced.contains(" web[stderr] oops\n"), "{enhanced}");
-    assert!(enhanced.lines().all(|l| l.starts_with("[HSU] ")), "{enhanced}");
+    assert!(
+        enhanced.lines().all(|l| l.starts_with("[HSU] ")),
+        "{enhanced}"
+    );
     f.collector.shutdown().await;
 }
 
@@ -316,7 +331,12 @@ async fn a_new_manager_reconnects_to_what_was_written_meanwhile() {
 async fn an_idle_pipe_after_its_run_costs_no_cpu() {
     fn cpu_ticks() -> u64 {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
     let f = Fixture::new(plain());
@@ -324,7 +344,10 @@ async fn an_idle_pipe_after_its_run_costs_no_cpu() {
         let mut child = f.collector.attach(id, Stream::Stdout).unwrap();
         child.write_all(b"bye\n").unwrap();
     }
-    until("three files", || read(&f.log("c", Stream::Stdout)) == "bye\n").await;
+    until("three files", || {
+        read(&f.log("c", Stream::Stdout)) == "bye\n"
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = cpu_ticks();
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -46,12 +46,12 @@
 //! child is given its capture file directly, as before pipes existed.
 
 mod collector;
+#[cfg(test)]
+mod collector_tests;
 mod fifo;
 mod format;
 mod settings;
 mod stats;
-#[cfg(test)]
-mod collector_tests;
 mod writer;
 
 pub use collector::{manager_log_line, LogCollector};
@@ -203,7 +203,8 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
     }
     let excess = (tail.bytes.len() as u64).saturating_sub(MAX_TAIL_BYTES) as usize;
     if excess > 0 {
-        let cut = memchr::memchr(b'\n', &tail.bytes[excess..]).map_or(tail.bytes.len(), |i| excess + i + 1);
+        let cut = memchr::memchr(b'\n', &tail.bytes[excess..])
+            .map_or(tail.bytes.len(), |i| excess + i + 1);
         tail.bytes.drain(..cut);
     }
     Ok(tail)
@@ -211,7 +212,8 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
 
 /// Lines in `bytes`: its newlines, plus an unfinished last line.
 fn count_lines(bytes: &[u8]) -> usize {
-    memchr::memchr_iter(b'\n', bytes).count() + usize::from(bytes.last().is_some_and(|&b| b != b'\n'))
+    memchr::memchr_iter(b'\n', bytes).count()
+        + usize::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
 /// [`tail`] of one file, its rotated files left out.

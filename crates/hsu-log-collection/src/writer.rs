@@ -178,7 +178,8 @@ impl Writer {
     fn data(&mut self, info: &Arc<StreamInfo>, at: SystemTime, bytes: &[u8]) {
         let k = key(info);
         if !self.streams.contains_key(&k) {
-            self.streams.insert(k.clone(), StreamWriter::new(info.clone()));
+            self.streams
+                .insert(k.clone(), StreamWriter::new(info.clone()));
         }
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -280,7 +281,15 @@ impl Writer {
         let ts = clock.text(at);
         for t in targets.iter_mut() {
             if matches!(t.sink, Sink::File(_)) {
-                t.push(ts, Source::Manager, line, false, &**events, log_dir, settings);
+                t.push(
+                    ts,
+                    Source::Manager,
+                    line,
+                    false,
+                    &**events,
+                    log_dir,
+                    settings,
+                );
             }
         }
     }
@@ -532,7 +541,9 @@ impl RotatingFile {
                 tracing::warn!("{} was deleted; creating it again", self.path.display());
             }
         }
-        Err(io::Error::other("the file is deleted as soon as it is written"))
+        Err(io::Error::other(
+            "the file is deleted as soon as it is written",
+        ))
     }
 
     fn rotate(&mut self, ctx: &FileCtx<'_>) {
