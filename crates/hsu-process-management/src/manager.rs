@@ -142,12 +142,16 @@ impl ProcessManager {
             pid_files,
             writer,
             durable: durable.clone(),
-            // Settings from the config arrive with `log_collector().update` (the facade
-            // passes them on); until then the config's defaults apply.
+            // The config's `log_collection` arrives with `log_collector().update` (the
+            // facade passes it on). A manager never given one stores output as written:
+            // no timestamps, no aggregation.
             capture: hsu_log_collection::LogCollector::new(
                 &options.log_directory,
                 options.base_directory.join("fifos"),
-                hsu_log_collection::Settings::default(),
+                hsu_log_collection::Settings {
+                    timestamps: false,
+                    ..Default::default()
+                },
                 events.clone(),
             ),
             tag_prefix: options.base_directory.display().to_string(),
