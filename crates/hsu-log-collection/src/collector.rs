@@ -26,6 +26,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// What a synchronous drain (a new run, shutdown) reads at most from one pipe.
 const DRAIN_LIMIT: usize = 2 * fifo::PIPE_BUFFER;
+/// How long [`LogCollector::flush`] waits for the writer.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 /// How long [`LogCollector::shutdown`] waits for the writer to write what is queued.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -193,6 +195,9 @@ impl LogCollector {
         if let Err(e) = fifo::grow(&child) {
             tracing::debug!(id, "cannot enlarge the {stream} pipe: {e}");
         }
+        // The capture file exists from the start of a run, as when the child wrote it
+        // itself (the writer creates it again should it go).
+        let _ = self.inner.files.open_append(id, stream);
         Ok(child)
     }
 
@@ -212,6 +217,29 @@ impl LogCollector {
         let handle = self.handle(id, stream);
         self.start_reader(&handle, false)?;
         Ok(true)
+    }
+
+    /// Resolves once everything `id`'s pipes held when it was called is in the capture
+    /// files (waiting at most 2 s for the disk): what is read back right after sees all
+    /// a process wrote before. Does not wait for the process to write anything.
+    pub async fn flush(&self, id: &str) {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let handle = lock(&self.inner.streams)
+                .get(&(id.to_owned(), stream))
+                .cloned();
+            if let Some(handle) = handle {
+                let slot = handle.lock();
+                if let Some(fd) = &slot.fd {
+                    self.inner.drain(&handle.info, fd);
+                }
+            }
+        }
+        if self.inner.sender().is_none() {
+            return;
+        }
+        let (tx, rx) = sync_channel(1);
+        self.inner.send(Job::Sync(tx));
+        let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(FLUSH_PATIENCE)).await;
     }
 
     /// Stops capturing process `id` (removed from the config): what its pipes hold is

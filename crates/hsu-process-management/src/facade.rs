@@ -457,8 +457,8 @@ impl ManagerFacade {
     }
 
     /// The last `lines` lines of a process's captured `stream`, read on into its rotated
-    /// files (`.1`, `.2`, ...) when the current one holds fewer (at most 16 MiB); a stream
-    /// not yet written is empty.
+    /// files (`.1`, `.2`, ...) when the current one holds fewer (at most 16 MiB), with
+    /// everything the process wrote before the call; a stream not yet written is empty.
     pub async fn log_tail(
         &self,
         id: &str,
@@ -466,6 +466,8 @@ impl ManagerFacade {
         lines: usize,
     ) -> Result<Vec<u8>, LogError> {
         let path = self.capture_path(id, stream)?;
+        // What the process wrote before this request is in the file before it is read.
+        self.inner.manager.log_collector().flush(id).await;
         let read = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, lines)).await
