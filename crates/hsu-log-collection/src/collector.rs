@@ -354,7 +354,7 @@ impl LogCollector {
         let mut slot = handle.lock();
         let current = slot.fd.clone();
         if let Some(fd) = &current {
-            self.inner.drain(&handle.info, &fd);
+            self.inner.drain(&handle.info, fd);
             if boundary {
                 self.inner.send(Job::EndOfRun {
                     stream: handle.info.clone(),
@@ -363,7 +363,7 @@ impl LogCollector {
         }
         let same_pipe = current
             .as_ref()
-            .is_some_and(|fd| same_file(&**fd, &handle.fifo));
+            .is_some_and(|fd| same_file(fd, &handle.fifo));
         if same_pipe {
             return Ok(());
         }
