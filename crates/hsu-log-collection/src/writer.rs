@@ -153,12 +153,13 @@ impl Writer {
                 self.permits.extend(permit);
             }
             Job::EndOfRun { stream } => {
-                if let Some(sw) = self.streams.get_mut(&key(&stream)) {
+                if let Some(mut sw) = self.streams.remove(&key(&stream)) {
                     let partial = std::mem::take(&mut sw.partial);
                     if !partial.is_empty() {
                         let at = sw.partial_at;
-                        self.line(&stream, at, &partial, false);
+                        self.line(&mut sw, at, &partial, false);
                     }
+                    self.streams.insert(key(&stream), sw);
                 }
             }
             Job::Manager { at, line, permit } => {
@@ -176,27 +177,26 @@ impl Writer {
 
     /// Splits `bytes` into lines, carrying an unfinished last line to the next read.
     fn data(&mut self, info: &Arc<StreamInfo>, at: SystemTime, bytes: &[u8]) {
+        // Taken out of the map while its lines are handled: one lookup per read, not one
+        // per line.
         let k = key(info);
-        if !self.streams.contains_key(&k) {
-            self.streams
-                .insert(k.clone(), StreamWriter::new(info.clone()));
-        }
+        let mut sw = self
+            .streams
+            .remove(&k)
+            .unwrap_or_else(|| StreamWriter::new(info.clone()));
         let mut rest = bytes;
         while !rest.is_empty() {
-            let Some(sw) = self.streams.get_mut(&k) else {
-                return;
-            };
             match memchr::memchr(b'\n', rest) {
                 Some(i) => {
                     let (segment, after) = (&rest[..i], &rest[i + 1..]);
                     rest = after;
                     if sw.partial.is_empty() {
-                        self.line(info, at, segment, false);
+                        self.line(&mut sw, at, segment, false);
                     } else {
                         let mut whole = std::mem::take(&mut sw.partial);
                         whole.extend_from_slice(segment);
                         let started = sw.partial_at;
-                        self.line(info, started, &whole, false);
+                        self.line(&mut sw, started, &whole, false);
                     }
                 }
                 None => {
@@ -206,35 +206,32 @@ impl Writer {
                     sw.partial.extend_from_slice(rest);
                     rest = &[];
                     // A line this long is stored in pieces as it arrives.
-                    while let Some(sw) = self.streams.get_mut(&k) {
-                        if sw.partial.len() <= MAX_LINE {
-                            break;
-                        }
+                    while sw.partial.len() > MAX_LINE {
                         let cut = utf8_cut(&sw.partial, MAX_LINE);
                         let piece: Vec<u8> = sw.partial.drain(..cut).collect();
                         let started = sw.partial_at;
-                        self.piece(info, started, &piece, true);
+                        self.piece(&mut sw, started, &piece, true);
                     }
                 }
             }
         }
+        self.streams.insert(k, sw);
     }
 
     /// One whole line, stored in pieces when longer than [`MAX_LINE`].
-    fn line(&mut self, info: &Arc<StreamInfo>, at: SystemTime, line: &[u8], continued: bool) {
+    fn line(&mut self, sw: &mut StreamWriter, at: SystemTime, line: &[u8], continued: bool) {
         let mut rest = line;
         while rest.len() > MAX_LINE {
             let cut = utf8_cut(rest, MAX_LINE);
-            self.piece(info, at, &rest[..cut], true);
+            self.piece(sw, at, &rest[..cut], true);
             rest = &rest[cut..];
         }
-        self.piece(info, at, rest, continued);
+        self.piece(sw, at, rest, continued);
     }
 
     /// Stores one line (or piece of one) and copies it to every target.
-    fn piece(&mut self, info: &Arc<StreamInfo>, at: SystemTime, line: &[u8], continued: bool) {
+    fn piece(&mut self, sw: &mut StreamWriter, at: SystemTime, line: &[u8], continued: bool) {
         let Writer {
-            streams,
             targets,
             clock,
             settings,
@@ -243,22 +240,24 @@ impl Writer {
             ..
         } = self;
         let ts = clock.text(at);
-        if let Some(sw) = streams.get_mut(&key(info)) {
-            let before = sw.file.pending.len();
-            format::stored(
-                &mut sw.file.pending,
-                settings.timestamps.then_some(ts),
-                line,
-            );
-            let ctx = FileCtx {
-                events: &**events,
-                log_dir,
-                id: Some(&info.id),
-                label: info.stream.as_str(),
-                counters: &info.counters,
-                settings,
-            };
-            sw.file.added_line(before, &ctx);
+        let info = &sw.info;
+        let before = sw.file.pending.len();
+        format::stored(
+            &mut sw.file.pending,
+            settings.timestamps.then_some(ts),
+            line,
+        );
+        let ctx = FileCtx {
+            events: &**events,
+            log_dir,
+            id: Some(&info.id),
+            label: info.stream.as_str(),
+            counters: &info.counters,
+            settings,
+        };
+        sw.file.added_line(before, &ctx);
+        if targets.is_empty() {
+            return;
         }
         let source = Source::Process {
             id: &info.id,
