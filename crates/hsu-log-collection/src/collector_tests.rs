@@ -356,3 +356,39 @@ async fn an_idle_pipe_after_its_run_costs_no_cpu() {
     assert!(used <= 10, "{used} ticks of CPU in 1 s of idle");
     f.collector.shutdown().await;
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_files_of_quiet_streams_are_closed() {
+    fn open_under(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir)))
+            .count()
+    }
+    let f = Fixture::new(plain());
+    let logs = f.dir.path().join("logs");
+    let mut children = Vec::new();
+    for i in 0..100 {
+        let mut child = f
+            .collector
+            .attach(&format!("p{i}"), Stream::Stdout)
+            .unwrap();
+        child.write_all(b"hello\n").unwrap();
+        children.push(child);
+    }
+    until("a hundred files written", || {
+        (0..100).all(|i| read(&f.log(&format!("p{i}"), Stream::Stdout)) == "hello\n")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    children[0].write_all(b"again\n").unwrap();
+    until("at most 64 capture files open", || open_under(&logs) <= 64).await;
+    // A closed file is opened again when written.
+    children[99].write_all(b"later\n").unwrap();
+    let last = f.log("p99", Stream::Stdout);
+    until("the file reopened", || read(&last) == "hello\nlater\n").await;
+    drop(children);
+    f.collector.shutdown().await;
+}

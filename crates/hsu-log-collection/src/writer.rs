@@ -28,7 +28,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// The longest line kept whole. A longer one is stored as consecutive lines of at most
@@ -42,6 +42,14 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// A file's pending buffer is freed after a write when it grew beyond this, so an idle
 /// stream holds no large buffer.
 const KEEP_CAPACITY: usize = 16 * 1024;
+
+/// Capture files kept open at most; beyond it, those written least recently are closed
+/// (and opened again when written): with hundreds of processes the manager would
+/// otherwise hold a descriptor per stream for the files as well as for the pipes.
+const MAX_OPEN_FILES: usize = 64;
+
+/// How often the number of open capture files is checked.
+const OPEN_FILES_CHECK: Duration = Duration::from_secs(1);
 
 /// Queued console chunks (`process_manager_stdout` / `_stderr`) before new ones are
 /// dropped and counted: a stalled terminal or pipe must not stall the files.
@@ -113,6 +121,8 @@ pub(crate) struct Writer {
     pending: usize,
     permits: Vec<OwnedSemaphorePermit>,
     acks: Vec<SyncSender<()>>,
+    /// When the open capture files were last counted.
+    files_checked: Instant,
 }
 
 impl Writer {
@@ -134,6 +144,7 @@ impl Writer {
             pending: 0,
             permits: Vec::new(),
             acks: Vec::new(),
+            files_checked: Instant::now(),
         };
         w.apply(settings);
         w
@@ -326,6 +337,29 @@ impl Writer {
         for ack in self.acks.drain(..) {
             let _ = ack.send(());
         }
+        if self.files_checked.elapsed() >= OPEN_FILES_CHECK {
+            self.files_checked = Instant::now();
+            self.close_least_recent();
+        }
+    }
+
+    /// Closes the capture files written least recently while more than
+    /// [`MAX_OPEN_FILES`] are open, down to half of it.
+    fn close_least_recent(&mut self) {
+        let mut open: Vec<&mut RotatingFile> = self
+            .streams
+            .values_mut()
+            .map(|sw| &mut sw.file)
+            .filter(|f| f.file.is_some())
+            .collect();
+        if open.len() <= MAX_OPEN_FILES {
+            return;
+        }
+        open.sort_by_key(|f| f.last_write);
+        let excess = open.len() - MAX_OPEN_FILES / 2;
+        for f in open.into_iter().take(excess) {
+            f.file = None;
+        }
     }
 
     fn apply(&mut self, settings: Settings) {
@@ -411,6 +445,7 @@ struct RotatingFile {
     size: u64,
     pending: Vec<u8>,
     pending_lines: u64,
+    last_write: Instant,
 }
 
 impl RotatingFile {
@@ -421,6 +456,7 @@ impl RotatingFile {
             size: 0,
             pending: Vec::new(),
             pending_lines: 0,
+            last_write: Instant::now(),
         }
     }
 
@@ -476,6 +512,7 @@ impl RotatingFile {
             return;
         }
         let result = self.write_pending(ctx);
+        self.last_write = Instant::now();
         let (bytes, lines) = (self.pending.len() as u64, self.pending_lines);
         match result {
             Ok(()) => {
