@@ -163,15 +163,17 @@ fn through_manager(binary: &Path, bytes: u64, timestamps: bool) -> anyhow::Resul
         ],
         fast_restart: false,
     };
+    let lines = bytes / (LINE.len() as u64 + 1);
+    let want = bytes + if timestamps { lines * STAMP } else { 0 };
+    // One file: no rotation while measuring.
     let top = format!(
-        "log_collection:\n  timestamps: {timestamps}\n  rotation: {{max_size: 1GiB, max_files: 2}}\n"
+        "log_collection:\n  timestamps: {timestamps}\n  rotation: {{max_size: {}, max_files: 1}}\n",
+        2 * want
     );
     let mut m = Manager::spawn_with(binary, &work, &top)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     m.wait_all_running(1, Duration::from_millis(5), deadline)?;
     let pid = m.pid();
-    let lines = bytes / (LINE.len() as u64 + 1);
-    let want = bytes + if timestamps { lines * STAMP } else { 0 };
     let file = m.base.join("logs/p0.stdout.log");
     let root = m.base.parent().context("the run directory")?.to_path_buf();
     let ticks = procfs::cpu_ticks(pid).context("CPU ticks")?;
