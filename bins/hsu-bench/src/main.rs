@@ -18,10 +18,15 @@
 //! ```sh
 //! cargo run --release -p hsu-bench -- --n 200 --quick
 //! ```
+//!
+//! `--logs` measures captured output instead (see `logs`): the throughput of one child
+//! writing flat out, through the manager against straight into a file, and the cost of
+//! many processes writing a line a second.
 
 mod cleanup;
 mod floor;
 mod http;
+mod logs;
 mod manager;
 mod procfs;
 mod report;
@@ -80,6 +85,19 @@ struct Args {
     /// The manager binary [default: target/release/hsu-process-manager, built first].
     #[arg(long)]
     manager: Option<PathBuf>,
+    /// Measure captured output instead: throughput and the cost of many writers.
+    #[arg(long)]
+    logs: bool,
+    /// `--logs`: MB (10^6 bytes) the throughput child writes.
+    #[arg(long, default_value_t = 256)]
+    log_mb: u64,
+    /// `--logs`: processes writing a line a second on each stream.
+    #[arg(long, default_value_t = 200)]
+    log_n: usize,
+    /// `--logs`: the window over which their cost is measured, seconds [default: 30, 10
+    /// with --quick].
+    #[arg(long, value_name = "SECS")]
+    log_secs: Option<u64>,
 }
 
 /// Args with the quick/normal defaults resolved.
@@ -139,6 +157,20 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let settings = Settings::from(args)?;
     let binary = manager_binary(args.manager.as_deref())?;
     eprintln!("hsu-bench: manager {}", binary.display());
+    if args.logs {
+        if args.log_mb == 0 || args.log_n == 0 {
+            bail!("--log-mb and --log-n must be at least 1");
+        }
+        let window = args.log_secs.unwrap_or(if args.quick { 10 } else { 30 });
+        return logs::run(
+            &binary,
+            &logs::LogBench {
+                mb: args.log_mb,
+                n: args.log_n,
+                window: Duration::from_secs(window),
+            },
+        );
+    }
     let mut results = Results::new(std::env::args().collect::<Vec<_>>().join(" "));
     let whole = Watch::start();
     for run in 1..=settings.runs {

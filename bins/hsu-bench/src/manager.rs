@@ -74,11 +74,17 @@ pub struct Manager {
 impl Manager {
     /// Writes the config and starts `binary` on it, in a process group of its own.
     pub fn spawn(binary: &Path, work: &Workload) -> anyhow::Result<Manager> {
+        Self::spawn_with(binary, work, "")
+    }
+
+    /// [`Manager::spawn`] with `top_level` YAML (e.g. a `log_collection:` section)
+    /// appended to the config.
+    pub fn spawn_with(binary: &Path, work: &Workload, top_level: &str) -> anyhow::Result<Manager> {
         let dir = tempfile::Builder::new().prefix("hsu-bench-").tempdir()?;
         let root = dir.path().canonicalize()?;
         let base = root.join("base");
         let config = root.join("config.yaml");
-        std::fs::write(&config, config_yaml(&base, work))?;
+        std::fs::write(&config, config_yaml(&base, work) + top_level)?;
         let log = std::fs::File::create(root.join("manager.log"))?;
         let tag_prefix = format!("{}#", base.display());
         let child = Command::new(binary)

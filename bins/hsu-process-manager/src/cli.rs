@@ -3,7 +3,7 @@
 //! prints the answer for people (or `--json` for scripts).
 
 use clap::{Args, Subcommand};
-use hsu_api::{ApiAddress, ApiClient, Circuit, ClientError, Process, State};
+use hsu_api::{ApiAddress, ApiClient, ApiError, Circuit, ClientError, Process, State};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -253,18 +253,7 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
             stream,
             lines,
             follow,
-        } => {
-            if follow {
-                client
-                    .follow_logs(&id, &stream, Some(lines), |chunk| {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(chunk.as_bytes()).is_ok() && o.flush().is_ok()
-                    })
-                    .await?;
-            } else {
-                let _ = out.write_all(client.logs(&id, &stream, Some(lines)).await?.as_bytes());
-            }
-        }
+        } => print_logs(&mut out, client, &id, &stream, lines, follow).await?,
         ClientCommand::Events { follow } => {
             if follow {
                 drop(out);
@@ -310,6 +299,103 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
         }
     }
     Ok(())
+}
+
+/// `logs`: the last `lines` lines of a stream (rotated files included), then with
+/// `follow` what is appended, printed as it arrives. The bytes are decoded as UTF-8 across
+/// chunk boundaries ([`Utf8Stream`]); what is not UTF-8 prints as U+FFFD. Ends quietly
+/// when stdout is closed (`logs -f | head`).
+async fn print_logs(
+    out: &mut impl Write,
+    client: &ApiClient,
+    id: &str,
+    stream: &str,
+    lines: usize,
+    follow: bool,
+) -> Result<(), ClientError> {
+    let mut path = format!("/api/v1/processes/{id}/logs?stream={stream}&tail={lines}");
+    if follow {
+        path.push_str("&follow=true");
+    }
+    let get = "GET".parse().map_err(|e| ClientError::Protocol {
+        address: client.address().to_string(),
+        reason: format!("{e}"),
+    })?;
+    let mut resp = client.send(get, &path, &[], None).await?;
+    if resp.status != 200 {
+        let mut body = Vec::new();
+        while let Some(Ok(chunk)) = resp.next_chunk().await {
+            body.extend_from_slice(&chunk);
+        }
+        let error = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| ApiError {
+            error: format!(
+                "HTTP {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&body).trim()
+            ),
+            code: "unknown".into(),
+            problems: Vec::new(),
+        });
+        return Err(ClientError::Api {
+            status: resp.status,
+            error,
+        });
+    }
+    let mut text = Utf8Stream::default();
+    while let Some(chunk) = resp.next_chunk().await {
+        let decoded = text.push(&chunk?);
+        if out
+            .write_all(decoded.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    let _ = out.write_all(text.finish().as_bytes());
+    Ok(())
+}
+
+/// Decodes a byte stream that arrives in pieces: a character split between two pieces
+/// is held back until its end arrives, instead of becoming two U+FFFD.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// The text of `chunk` (after what was held back), less an unfinished character at
+    /// its end.
+    pub fn push(&mut self, chunk: &[u8]) -> String {
+        let mut bytes = std::mem::take(&mut self.carry);
+        bytes.extend_from_slice(chunk);
+        let keep = unfinished_char(&bytes);
+        self.carry = bytes.split_off(bytes.len() - keep);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// What is still held back, at the end of the stream.
+    pub fn finish(&mut self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut self.carry)).into_owned()
+    }
+}
+
+/// How many bytes at the end of `bytes` begin a character whose end is missing.
+fn unfinished_char(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(4) {
+        let b = bytes[bytes.len() - back];
+        if b & 0b1100_0000 == 0b1000_0000 {
+            continue;
+        }
+        let needs = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        return if needs > back { back } else { 0 };
+    }
+    0
 }
 
 fn print_after(out: &mut impl Write, verb: &str, id: &str, p: Option<&Process>) {
@@ -476,6 +562,29 @@ mod tests {
              └─ [started] cron  running\n\
              lone  stopped\n"
         );
+    }
+
+    #[test]
+    fn characters_split_between_chunks_are_decoded_whole() {
+        let text = "añ€😀z";
+        let bytes = text.as_bytes();
+        // Every way of cutting the bytes in two decodes to the same text.
+        for cut in 0..=bytes.len() {
+            let mut d = Utf8Stream::default();
+            let mut got = d.push(&bytes[..cut]);
+            got.push_str(&d.push(&bytes[cut..]));
+            got.push_str(&d.finish());
+            assert_eq!(got, text, "cut at {cut}");
+        }
+        // One byte at a time, too.
+        let mut d = Utf8Stream::default();
+        let got: String = bytes.iter().map(|b| d.push(&[*b])).collect();
+        assert_eq!(got, text);
+        // Bytes that are not UTF-8 are replaced, not held forever.
+        let mut d = Utf8Stream::default();
+        assert_eq!(d.push(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(d.push(b"\xe2\x82"), "");
+        assert_eq!(d.finish(), "\u{fffd}");
     }
 
     #[test]

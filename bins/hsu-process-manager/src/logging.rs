@@ -10,6 +10,10 @@
 //!
 //! The filter sits behind a reload handle, so a reloaded `log_level` applies live unless
 //! `RUST_LOG` or `--debug` chose the level.
+//!
+//! The same thread also hands each line to the log collector, which copies it to the
+//! `file` aggregation targets when the config has any (`log_collection.global_aggregation`);
+//! that never blocks either (a full queue drops and counts the line there).
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,12 +145,14 @@ impl Logging {
     }
 }
 
-/// Writes each queued line to `out`; a failed write is counted and the line dropped.
+/// Writes each queued line to `out` (a failed write is counted and the line dropped),
+/// and copies it to the aggregation targets.
 fn write_lines(lines: Receiver<Vec<u8>>, mut out: impl Write, failures: &AtomicU64) {
     for line in lines {
         if out.write_all(&line).and_then(|()| out.flush()).is_err() {
             failures.fetch_add(1, Ordering::Relaxed);
         }
+        hsu_process_management::facade::manager_log_line(&line);
     }
 }
 

@@ -20,6 +20,14 @@
 //! log lines dropped or not written to stderr). The API:
 //! `hsu_api_requests_total{protocol="http"|"grpc"}`, `hsu_api_unauthorized_total`,
 //! `hsu_api_client_errors_total`.
+//!
+//! Captured output, per stream (labels `id`, `stream`) and per aggregation target (label
+//! `target`): `hsu_log_bytes_written_total`, `hsu_log_lines_written_total`,
+//! `hsu_log_bytes_dropped_total` and `hsu_log_lines_dropped_total` (not written: a full
+//! disk, an I/O error), `hsu_log_write_failures_total` (failure episodes, one
+//! `log_write_failed` event each), `hsu_log_write_failing` (1 while writing fails),
+//! `hsu_log_buffered_bytes` (memory held for the stream now); and
+//! `hsu_log_queue_bytes` (read, not yet written, all streams).
 
 use crate::model::{Circuit, HealthStatus, Process, State};
 use crate::ApiState;
@@ -204,6 +212,8 @@ pub(crate) fn render(api: &ApiState) -> String {
         Some(api.log_write_failures.load(Ordering::Relaxed) as f64),
     );
 
+    log_metrics(&mut out, &manager.log_stats());
+
     let metrics = &api.metrics;
     out.family(
         "hsu_api_requests_total",
@@ -233,6 +243,71 @@ pub(crate) fn render(api: &ApiState) -> String {
         Some(metrics.client_errors.load(Ordering::Relaxed) as f64),
     );
     out.0
+}
+
+/// Captured output: one sample per stream and per aggregation target in each family.
+fn log_metrics(out: &mut Exposition, stats: &hsu_process_management::facade::LogStats) {
+    use hsu_process_management::facade::StreamStats;
+    type Value = fn(&StreamStats) -> f64;
+    let families: [(&str, &str, &str, Value); 7] = [
+        (
+            "hsu_log_bytes_written_total",
+            "counter",
+            "Captured output written to its file or target, in bytes (timestamps and formatting included).",
+            |s| s.bytes_written as f64,
+        ),
+        (
+            "hsu_log_lines_written_total",
+            "counter",
+            "Captured lines written to their file or target.",
+            |s| s.lines_written as f64,
+        ),
+        (
+            "hsu_log_bytes_dropped_total",
+            "counter",
+            "Captured output that could not be written (full disk, I/O error) and was dropped, in bytes.",
+            |s| s.bytes_dropped as f64,
+        ),
+        (
+            "hsu_log_lines_dropped_total",
+            "counter",
+            "Captured lines that could not be written and were dropped.",
+            |s| s.lines_dropped as f64,
+        ),
+        (
+            "hsu_log_write_failures_total",
+            "counter",
+            "Times writing a capture file or target started to fail (one log_write_failed event each).",
+            |s| s.write_failures as f64,
+        ),
+        (
+            "hsu_log_write_failing",
+            "gauge",
+            "1 while writing the capture file or target fails (retried with every new line), else 0.",
+            |s| u8::from(s.failing).into(),
+        ),
+        (
+            "hsu_log_buffered_bytes",
+            "gauge",
+            "Memory the manager holds for the stream now: read but not yet written, and an unfinished last line.",
+            |s| s.buffered_bytes as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        for (id, stream, s) in &stats.streams {
+            out.sample(name, &[("id", id), ("stream", stream.as_str())], value(s));
+        }
+        for (target, s) in &stats.targets {
+            out.sample(name, &[("target", target)], value(s));
+        }
+    }
+    out.single(
+        "hsu_log_queue_bytes",
+        "gauge",
+        "Captured output read from the processes' pipes and not yet written, all streams together, in bytes.",
+        Some(stats.queued_bytes as f64),
+    );
 }
 
 /// Text being written in the exposition format.

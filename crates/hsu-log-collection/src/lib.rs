@@ -1,12 +1,63 @@
-//! Captured output (SPEC: "stdout/stderr capture, rotation, aggregation"): where each
-//! managed process's stdout and stderr land (`<dir>/<id>.<stream>.log`), and reading them
-//! back, the last lines or following what is appended across truncation and rotation.
+//! Captured output (SPEC: "stdout/stderr capture, rotation, aggregation"): each managed
+//! process's stdout and stderr are read by the manager through a named pipe and stored
+//! in `<log dir>/<id>.<stream>.log` (optionally stamped with their arrival time, rotated
+//! by size to `.1` ... `.N`) and copied to the aggregation targets; and they are read
+//! back: the last lines (rotated files included) or following what is appended.
 //!
-//! The files are written by the children themselves: the supervisor opens a capture file
-//! in append mode ([`CaptureFiles::open_append`]) and hands it to the child as its stdout
-//! or stderr. This crate must never hold a pipe to a child or copy its output; a slow or
-//! missing reader can then never block a process, and output survives a manager restart.
-//! Readers ([`tail`], [`follow`]) only open the files read-only.
+//! # Theory of operation
+//!
+//! For every captured stream there is a named pipe, `<fifo dir>/<id>.<stream>`, that
+//! outlives both the process and the manager:
+//!
+//! - **The child's end** ([`LogCollector::attach`], called as a run is spawned) is the
+//!   pipe opened *for reading and writing*. The child therefore always holds a reader
+//!   itself: a write never fails with EPIPE nor raises SIGPIPE, even while no manager
+//!   runs; once the pipe buffer (enlarged to 1 MiB) is full, a write blocks until a
+//!   manager reads again. Nothing it writes is lost while it lives.
+//! - **The manager's end** is the pipe opened read-only and non-blocking, one per
+//!   stream, watched by one Tokio task (a [`tokio::net::unix::pipe::Receiver`]: no thread per
+//!   stream). The task reads at most 64 KiB at a time into a shared buffer and queues a
+//!   copy of what it got for the writer.
+//! - **End-of-file** means every holder of the child's end is gone: the run and all its
+//!   descendants. The unfinished last line is then written as a line, and the task opens
+//!   a new read end *before* closing the old one, so the pipe never lacks a reader and
+//!   the next run (which may reuse the pipe at any moment) loses nothing. A new run's
+//!   `attach` also reads whatever the previous run left in the pipe before it hands out
+//!   the child's end, and ends that run's last line: a run never continues the previous
+//!   run's unfinished line.
+//! - **One writer thread** for all streams turns bytes into lines and writes them in
+//!   batches (module `writer`): it stamps, rotates, formats the aggregation targets,
+//!   and survives a full disk (drop, count, one `log_write_failed` event per episode,
+//!   resume) and a deleted directory (create it again, write again).
+//! - **The queue between them is bounded** (8 MiB over all streams): when the disk is
+//!   slower than the processes, readers stop reading, the pipes fill, and only then do
+//!   the processes block. A write that *fails* never blocks anyone.
+//!
+//! A manager that starts again reconnects to the pipes of the processes it adopts
+//! ([`LogCollector::reconnect`]) and reads what they wrote meanwhile. What a killed
+//! manager had read but not yet written (at most what is in the queue, usually a few
+//! lines) and a process's output written after the manager died *and* before it exited
+//! itself while no manager runs (its pipe goes with its last holder) are the only output
+//! that can be lost.
+//!
+//! This crate must never block a process on the manager's side, never drop output
+//! without counting it, and never write a partial line into a file except as the last
+//! line of a run. Linux-only calls live in one private module (`fifo`); elsewhere the
+//! child is given its capture file directly, as before pipes existed.
+
+mod collector;
+#[cfg(test)]
+mod collector_tests;
+mod fifo;
+mod format;
+mod settings;
+mod stats;
+mod writer;
+
+pub use collector::{manager_log_line, LogCollector};
+pub use settings::{Format, Rotation, Settings, Target, TargetKind};
+pub use stats::StreamStats;
+pub use writer::MAX_LINE;
 
 use bytes::Bytes;
 use std::fmt;
@@ -98,8 +149,9 @@ impl CaptureFiles {
         self.dir.join(format!("{id}.{stream}.log"))
     }
 
-    /// The capture file opened (created if needed) for appending, to hand to a child. A new
-    /// file is 0640 (before the umask): output often holds what only its owner should read.
+    /// The capture file opened (created if needed) for appending, to hand to a child when
+    /// its output cannot go through a pipe. A new file is 0640 (before the umask): output
+    /// often holds what only its owner should read.
     pub fn open_append(&self, id: &str, stream: Stream) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
@@ -119,9 +171,53 @@ pub struct Tail {
     inode: Option<u64>,
 }
 
-/// The last `lines` lines of the file at `path` (at most 16 MiB); a file not yet written
+/// `<path>.<n>`: the `n`th rotated file of `path` (`.1` is the newest).
+pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The last `lines` lines of the capture file at `path`, continued into its rotated files
+/// (`.1`, `.2`, ...) when it holds fewer; at most 16 MiB in all. A file not yet written
 /// is empty.
 pub fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
+    let mut tail = tail_file(path, lines)?;
+    let mut have = count_lines(&tail.bytes);
+    for n in 1..=1000 {
+        if have >= lines || tail.bytes.len() as u64 >= MAX_TAIL_BYTES {
+            break;
+        }
+        let older = match tail_file(&rotated_path(path, n), lines - have) {
+            Ok(t) if t.inode.is_some() => t,
+            _ => break,
+        };
+        let mut bytes = older.bytes;
+        // Rotation happens between lines: an older file ends with a whole line.
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            bytes.push(b'\n');
+        }
+        have += count_lines(&bytes);
+        bytes.extend_from_slice(&tail.bytes);
+        tail.bytes = bytes;
+    }
+    let excess = (tail.bytes.len() as u64).saturating_sub(MAX_TAIL_BYTES) as usize;
+    if excess > 0 {
+        let cut = memchr::memchr(b'\n', &tail.bytes[excess..])
+            .map_or(tail.bytes.len(), |i| excess + i + 1);
+        tail.bytes.drain(..cut);
+    }
+    Ok(tail)
+}
+
+/// Lines in `bytes`: its newlines, plus an unfinished last line.
+fn count_lines(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', bytes).count()
+        + usize::from(bytes.last().is_some_and(|&b| b != b'\n'))
+}
+
+/// [`tail`] of one file, its rotated files left out.
+fn tail_file(path: &Path, lines: usize) -> io::Result<Tail> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -167,7 +263,8 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<Tail> {
     })
 }
 
-/// Sends the tail, then every byte appended, checking every 200 ms. A file that shrinks
+/// Sends the tail (rotated files included), then every byte appended, checking every
+/// 200 ms. A file that shrinks
 /// (truncated) is read again from its start; one replaced (rotated) is read to its end,
 /// then the new file from its start. Returns only when `tx`'s receiver is gone and a send
 /// fails; a caller that must stop sooner drops this future.

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc};
 
 pub use hsu_common::{Event, EventKind};
-pub use hsu_log_collection::{Stream, UnknownStream};
+pub use hsu_log_collection::{manager_log_line, Stream, StreamStats, UnknownStream};
 pub use hsu_monitoring::{HealthReport, HealthStatus};
 pub use hsu_process_file::{Journal, JournalError, JournalOptions};
 
@@ -196,6 +196,20 @@ pub enum LogError {
     },
 }
 
+/// What output capture did since the manager started (see [`ManagerFacade::log_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct LogStats {
+    /// Per captured stream: process id, stream, counters.
+    pub streams: Vec<(String, Stream, StreamStats)>,
+    /// Per aggregation target: its label (`file:<path>`, `process_manager_stdout`,
+    /// `process_manager_stderr`) and counters.
+    pub targets: Vec<(String, StreamStats)>,
+    /// Bytes read from the pipes and not yet written, over all streams.
+    pub queued_bytes: u64,
+    /// Lines of the manager's own log not copied to the targets (queue full).
+    pub manager_lines_dropped: u64,
+}
+
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -290,6 +304,10 @@ impl ManagerFacade {
     /// Records the config the manager runs with (and whether an API token is in effect),
     /// so that a reload can say which manager-wide changes need a restart.
     pub fn set_running_config(&self, config: &Config, token: bool) {
+        self.inner
+            .manager
+            .log_collector()
+            .update(config.log_collection.collector_settings());
         *lock(&self.inner.running) = Some(RunningSettings {
             manager: config.manager.clone(),
             log_directory: config.log_collection.directory.clone(),
@@ -455,6 +473,11 @@ impl ManagerFacade {
             outcome.needs_restart = restart_only_changes(&running, &config);
             outcome.applied = self.apply_live_settings(&running.manager, &config.manager);
         }
+        // Rotation, timestamps and aggregation targets apply from the next line.
+        self.inner
+            .manager
+            .log_collector()
+            .update(config.log_collection.collector_settings());
         let diff = self.inner.manager.reload(config.processes).await;
         if self.is_shutting_down() && diff == ReloadDiff::default() {
             // The manager was already stopping its processes: nothing was applied.
@@ -549,8 +572,9 @@ impl ManagerFacade {
         Ok(self.inner.capture.path(id, stream))
     }
 
-    /// The last `lines` lines of a process's captured `stream` (at most 16 MiB); a stream
-    /// not yet written is empty.
+    /// The last `lines` lines of a process's captured `stream`, read on into its rotated
+    /// files (`.1`, `.2`, ...) when the current one holds fewer (at most 16 MiB), with
+    /// everything the process wrote before the call; a stream not yet written is empty.
     pub async fn log_tail(
         &self,
         id: &str,
@@ -558,6 +582,8 @@ impl ManagerFacade {
         lines: usize,
     ) -> Result<Vec<u8>, LogError> {
         let path = self.capture_path(id, stream)?;
+        // What the process wrote before this request is in the file before it is read.
+        self.inner.manager.log_collector().flush(id).await;
         let read = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || hsu_log_collection::tail(&path, lines)).await
@@ -581,6 +607,19 @@ impl ManagerFacade {
     ) -> Result<impl Future<Output = ()> + Send + 'static, ControlError> {
         let path = self.capture_path(id, stream)?;
         Ok(hsu_log_collection::follow(path, lines, tx))
+    }
+
+    /// What capture did so far: per captured stream `(id, stream, stats)` (bytes and
+    /// lines written, dropped on write failures, failure episodes, memory held), and per
+    /// aggregation target `(label, stats)`.
+    pub fn log_stats(&self) -> LogStats {
+        let collector = self.inner.manager.log_collector();
+        LogStats {
+            streams: collector.all_stats(),
+            targets: collector.target_stats(),
+            queued_bytes: collector.queued_bytes(),
+            manager_lines_dropped: collector.manager_lines_dropped(),
+        }
     }
 
     /// Stored events with a `seq` above `since` (every stored event for `None`), oldest

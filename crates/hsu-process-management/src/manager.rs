@@ -144,7 +144,18 @@ impl ProcessManager {
             pid_files,
             writer,
             durable: durable.clone(),
-            capture: hsu_log_collection::CaptureFiles::new(&options.log_directory),
+            // The config's `log_collection` arrives with `log_collector().update` (the
+            // facade passes it on). A manager never given one stores output as written:
+            // no timestamps, no aggregation.
+            capture: hsu_log_collection::LogCollector::new(
+                &options.log_directory,
+                options.base_directory.join("fifos"),
+                hsu_log_collection::Settings {
+                    timestamps: false,
+                    ..Default::default()
+                },
+                events.clone(),
+            ),
             tag_prefix: options.base_directory.display().to_string(),
             peers: Arc::new(crate::deps::Peers::default()),
             cgroups,
@@ -250,6 +261,12 @@ impl ProcessManager {
             def: Arc::new(def),
             supervision,
         }
+    }
+
+    /// The collector of every process's output (settings, reconnecting adopted
+    /// processes, stats).
+    pub fn log_collector(&self) -> &hsu_log_collection::LogCollector {
+        &self.inner.ctx.capture
     }
 
     /// The settings the manager was started with.
@@ -628,6 +645,8 @@ impl ProcessManager {
         *self.entries() = statuses;
         let graph = self.dependency_graph();
         stop_all(entries, &graph, deadline).await;
+        // What the stopped processes wrote last is written before the manager exits.
+        self.inner.ctx.capture.shutdown().await;
         // PID-file removals and state.json reach the disk before the manager exits.
         let writer = self.inner.ctx.writer.clone();
         let _ = tokio::task::spawn_blocking(move || writer.flush()).await;

@@ -35,7 +35,7 @@ use crate::lifecycle::{Decision, RestartTracker, Trigger};
 use crate::limits::{LimitsView, RunLimits};
 use crate::platform::{Platform, ProbeRequest, Tree};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
-use hsu_log_collection::{CaptureFiles, Stream};
+use hsu_log_collection::{LogCollector, Stream};
 use hsu_managed_process::{
     Circuit, ControlError, ControlSpec, HealthCheckKind, LastExit, ProcessControl,
     ProcessDefinition, ProcessStatus, ProcessType, RestartPolicy,
@@ -74,8 +74,8 @@ pub struct Context {
     pub writer: FileWriter,
     /// `state.json`: the "stopped by hand" marks, set in the order commands are applied.
     pub durable: Arc<StateFile>,
-    /// Where the children's stdout/stderr are captured.
-    pub capture: CaptureFiles,
+    /// Captures the children's stdout/stderr (through a named pipe per stream).
+    pub capture: LogCollector,
     /// Prefix of the owner tag exported to every process tree (the base directory).
     pub tag_prefix: String,
     /// What every supervisor publishes, by id, for `depends_on`.
@@ -2034,10 +2034,10 @@ impl Supervisor {
         if !(capture && self.def.log_collection.enabled) {
             return None;
         }
-        match self.ctx.capture.open_append(self.id(), stream) {
+        match self.ctx.capture.attach(self.id(), stream) {
             Ok(f) => Some(f),
             Err(e) => {
-                let path = self.ctx.capture.path(self.id(), stream);
+                let path = self.ctx.capture.files().path(self.id(), stream);
                 tracing::warn!(id = self.id(), "cannot open {}: {e}", path.display());
                 None
             }

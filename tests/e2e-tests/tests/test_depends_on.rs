@@ -80,7 +80,9 @@ fn test_depends_on_chain_starts_in_order() {
     );
     api.wait_process("worker", "running", LONG, |p| p["state"] == "running");
     // The journal is written in the background: wait until it has caught up.
-    pm.wait_for_event("worker running", LONG, |e| e.is_transition_to("worker", "running"));
+    pm.wait_for_event("worker running", LONG, |e| {
+        e.is_transition_to("worker", "running")
+    });
     let events = pm.events();
     let db_healthy = seq_of(&events, "db", "health_changed", |e| {
         e.is_kind("db", "health_changed") && e.str("to") == Some("healthy")
@@ -149,7 +151,9 @@ fn test_depends_on_migration_gates_the_app() {
     let mut pm = ProcessManager::start("e2e-test-depends-on-migration", &config);
     let api = pm.api();
     api.wait_process("app", "running", LONG, |p| p["state"] == "running");
-    pm.wait_for_event("app running", LONG, |e| e.is_transition_to("app", "running"));
+    pm.wait_for_event("app running", LONG, |e| {
+        e.is_transition_to("app", "running")
+    });
     let events = pm.events();
     let migrated = seq_of(&events, "migrate", "exit", |e| {
         e.is_kind("migrate", "exited")

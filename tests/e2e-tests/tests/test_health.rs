@@ -234,7 +234,9 @@ fn test_health_tcp_to_a_closed_port_is_unhealthy() {
     );
     // Never passed: still starting; before the first check the verdict was unknown.
     assert_eq!(p["state"], "starting", "{p}");
-    pm.wait_for_event("tcp unhealthy", LONG, |e| e.is_kind("tcp", "health_changed"));
+    pm.wait_for_event("tcp unhealthy", LONG, |e| {
+        e.is_kind("tcp", "health_changed")
+    });
     assert_eq!(health_changes(&pm, "tcp"), ["unknown->unhealthy"]);
     pm.shutdown_cleanly(LONG);
 }
@@ -351,7 +353,9 @@ fn test_health_starting_until_the_first_passing_check() {
     assert_eq!(p["state"], "starting", "{p}");
     assert_eq!(health(&p)["status"], "unknown", "{p}");
     api.wait_process("slowboot", "running", LONG, |p| p["state"] == "running");
-    pm.wait_for_event("running", LONG, |e| e.is_transition("slowboot", "starting", "running"));
+    pm.wait_for_event("running", LONG, |e| {
+        e.is_transition("slowboot", "starting", "running")
+    });
     let events = pm.events_for("slowboot");
     let spawned = events
         .iter()
@@ -390,7 +394,9 @@ fn test_health_failures_inside_the_grace_period_are_ignored() {
     let mut pm = ProcessManager::start("e2e-test-health-grace", &config);
     let api = pm.api();
     api.wait_process("graceful", "running", LONG, |p| p["state"] == "running");
-    pm.wait_for_event("running", LONG, |e| e.is_transition("graceful", "starting", "running"));
+    pm.wait_for_event("running", LONG, |e| {
+        e.is_transition("graceful", "starting", "running")
+    });
     let events = pm.events_for("graceful");
     assert!(
         events

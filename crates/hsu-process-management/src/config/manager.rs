@@ -219,11 +219,16 @@ fn target(cx: &mut Ctx, node: &Node, path: &str) -> Option<AggregationTarget> {
     let kinds = [
         ("file", TargetKind::File),
         ("process_manager_stdout", TargetKind::ProcessManagerStdout),
+        ("process_manager_stderr", TargetKind::ProcessManagerStderr),
     ];
     let kind = match m.get("type") {
         Some(n) => cx.choice(n, &m.at("type"), &kinds),
         None => {
-            m.missing(cx, "type", "one of: file, process_manager_stdout");
+            m.missing(
+                cx,
+                "type",
+                "one of: file, process_manager_stdout, process_manager_stderr",
+            );
             None
         }
     };
@@ -240,7 +245,7 @@ fn target(cx: &mut Ctx, node: &Node, path: &str) -> Option<AggregationTarget> {
         TargetKind::File if file.is_none() && !m.has("path") => {
             m.missing(cx, "path", "a `file` target needs a file name");
         }
-        TargetKind::ProcessManagerStdout => {
+        TargetKind::ProcessManagerStdout | TargetKind::ProcessManagerStderr => {
             m.forbid(cx, "path", "is only used by `file` targets");
         }
         TargetKind::File => {}
@@ -273,5 +278,69 @@ fn enhancement(cx: &mut Ctx, node: &Node, path: &str) {
         for flag in FLAGS {
             mm.field(cx, flag, Ctx::boolean);
         }
+    }
+}
+
+#[cfg(test)]
+mod log_collection_tests {
+    use crate::config::load_str;
+    use hsu_log_collection as lc;
+    use std::path::Path;
+
+    #[test]
+    fn targets_reach_the_collector_as_configured() {
+        let text = r#"
+log_collection:
+  rotation: {max_size: 4KiB, max_files: 2}
+  timestamps: false
+  global_aggregation:
+    targets:
+      - {type: file, path: all.jsonl, format: json}
+      - {type: process_manager_stdout, format: enhanced_plain, prefix: "[HSU]"}
+      - {type: process_manager_stderr}
+"#;
+        let c = load_str(text, Path::new("/etc/hsu/config.yaml")).unwrap();
+        let s = c.log_collection.collector_settings();
+        assert_eq!(
+            s.rotation,
+            lc::Rotation {
+                max_size: 4096,
+                max_files: 2
+            }
+        );
+        assert!(!s.timestamps);
+        let kinds: Vec<_> = s.targets.iter().map(|t| t.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                lc::TargetKind::File("all.jsonl".into()),
+                lc::TargetKind::Stdout,
+                lc::TargetKind::Stderr
+            ]
+        );
+        assert_eq!(s.targets[0].format, lc::Format::Json);
+        assert_eq!(s.targets[1].prefix.as_deref(), Some("[HSU]"));
+        assert_eq!(s.targets[2].format, lc::Format::Plain);
+
+        let off = text.replace(
+            "  global_aggregation:\n",
+            "  global_aggregation:\n    enabled: false\n",
+        );
+        let c = load_str(&off, Path::new("/etc/hsu/config.yaml")).unwrap();
+        assert!(c.log_collection.collector_settings().targets.is_empty());
+    }
+
+    #[test]
+    fn console_targets_take_no_path() {
+        let text = "log_collection:\n  global_aggregation:\n    targets:\n      - {type: process_manager_stderr, path: x.log}\n";
+        let e = load_str(text, Path::new("/c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only used by `file` targets"), "{e}");
+        let text = "log_collection:\n  global_aggregation:\n    targets:\n      - {format: json}\n";
+        let e = load_str(text, Path::new("/c.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("process_manager_stderr"), "{e}");
     }
 }

@@ -146,13 +146,13 @@ pub struct LogCollectionSettings {
     pub enabled: bool,
     /// Kept as written: relative to the base directory unless absolute.
     pub directory: PathBuf,
-    /// `rotation`: when capture files are rotated and how many are kept. Accepted; not yet
-    /// acted on.
+    /// `rotation`: when capture files (and `file` targets) are rotated and how many
+    /// rotated files are kept.
     pub rotation: Rotation,
     /// Prefix each stored line with its arrival time.
     pub timestamps: bool,
-    /// `global_aggregation`: copying every process's output to shared targets. Accepted;
-    /// not yet acted on.
+    /// `global_aggregation`: copying every process's output (and the manager's own log)
+    /// to shared targets.
     pub global_aggregation: Aggregation,
 }
 
@@ -168,7 +168,49 @@ impl Default for LogCollectionSettings {
     }
 }
 
-/// `log_collection.rotation`: size-based rotation of the log files.
+impl LogCollectionSettings {
+    /// What the log collector is told: rotation, timestamps, and the targets (none when
+    /// aggregation is disabled). Target paths stay as written; the collector resolves them
+    /// against its log directory.
+    pub fn collector_settings(&self) -> hsu_log_collection::Settings {
+        use hsu_log_collection as lc;
+        let targets = if self.global_aggregation.enabled {
+            self.global_aggregation
+                .targets
+                .iter()
+                .map(|t| lc::Target {
+                    kind: match t.kind {
+                        TargetKind::File => lc::TargetKind::File(
+                            t.path
+                                .clone()
+                                .unwrap_or_else(|| PathBuf::from("aggregated.log")),
+                        ),
+                        TargetKind::ProcessManagerStdout => lc::TargetKind::Stdout,
+                        TargetKind::ProcessManagerStderr => lc::TargetKind::Stderr,
+                    },
+                    format: match t.format {
+                        LogFormat::Plain => lc::Format::Plain,
+                        LogFormat::EnhancedPlain => lc::Format::EnhancedPlain,
+                        LogFormat::Json => lc::Format::Json,
+                    },
+                    prefix: t.prefix.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        lc::Settings {
+            rotation: lc::Rotation {
+                max_size: self.rotation.max_size,
+                max_files: self.rotation.max_files,
+            },
+            timestamps: self.timestamps,
+            targets,
+        }
+    }
+}
+
+/// `log_collection.rotation` (and `process_manager.event_journal`): size-based rotation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rotation {
     /// Bytes at which a log file is rotated.
@@ -207,23 +249,25 @@ impl Default for Aggregation {
 /// One `global_aggregation.targets` entry: one place aggregated output is written to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregationTarget {
-    /// `type`: a file or the manager's own stdout.
+    /// `type`: a file, or the manager's own stdout or stderr.
     pub kind: TargetKind,
     /// `file` targets only; kept as written: relative to the log directory unless absolute.
     pub path: Option<PathBuf>,
     /// `format`: how each line is written.
     pub format: LogFormat,
-    /// `prefix`: text put before each line.
+    /// `prefix`: text put before each line (a `prefix` field in `json`).
     pub prefix: Option<String>,
 }
 
 /// A target's `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
-    /// `file`: a file at `path`.
+    /// `file`: a file at `path`, rotated like the capture files.
     File,
     /// `process_manager_stdout`: the manager's own standard output.
     ProcessManagerStdout,
+    /// `process_manager_stderr`: the manager's own standard error.
+    ProcessManagerStderr,
 }
 
 /// A target's line `format`.
@@ -232,9 +276,9 @@ pub enum LogFormat {
     /// `plain` (the default): the line as the process wrote it.
     #[default]
     Plain,
-    /// `enhanced_plain`: the line, marked with the process it came from.
+    /// `enhanced_plain`: `<arrival time> <id>[<stream>] <line>`.
     EnhancedPlain,
-    /// `json`: one JSON object per line.
+    /// `json`: one JSON object per line, `{"ts", "id", "stream", "line"}`.
     Json,
 }
 
