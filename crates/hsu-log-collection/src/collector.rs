@@ -158,6 +158,33 @@ impl LogCollector {
         self.inner.send(Job::Settings(settings));
     }
 
+    /// From here on, the first output line of process `id` (either stream) that matches
+    /// `pattern` calls `notify` (once, on the writer thread: it must not block). A new
+    /// watch replaces the old one.
+    pub fn watch_line(
+        &self,
+        id: &str,
+        pattern: regex::bytes::Regex,
+        notify: impl FnOnce() + Send + 'static,
+    ) {
+        let watch = crate::writer::LineWatch {
+            pattern,
+            notify: Box::new(notify),
+        };
+        self.inner.send(Job::Watch {
+            id: id.to_owned(),
+            watch: Some(watch),
+        });
+    }
+
+    /// Ends the line watch of `id`, if any.
+    pub fn unwatch_line(&self, id: &str) {
+        self.inner.send(Job::Watch {
+            id: id.to_owned(),
+            watch: None,
+        });
+    }
+
     /// The file to give a new run of process `id` as its `stream`: the child's end of
     /// the stream's named pipe (created if missing, kept if present), read by this
     /// collector. Whatever an earlier run left in the pipe is read first and its

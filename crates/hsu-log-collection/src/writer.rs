@@ -87,6 +87,20 @@ pub(crate) enum Job {
     Settings(Settings),
     /// Answered once everything queued before it is written (or dropped).
     Sync(SyncSender<()>),
+    /// From here on, the first line of process `id` (either stream) matching the watch
+    /// calls its `notify`; `None` ends a watch.
+    Watch {
+        id: String,
+        watch: Option<LineWatch>,
+    },
+}
+
+/// A watch for a line (`ready_log_line`): the first match calls `notify`, once.
+pub struct LineWatch {
+    /// What a line must match.
+    pub pattern: regex::bytes::Regex,
+    /// Called (on the writer thread; it must not block) at the first match.
+    pub notify: Box<dyn FnOnce() + Send>,
 }
 
 /// The labels and counters of the aggregation targets, for stats.
@@ -123,6 +137,8 @@ pub(crate) struct Writer {
     acks: Vec<SyncSender<()>>,
     /// When the open capture files were last counted.
     files_checked: Instant,
+    /// Line watches, by process id.
+    watches: HashMap<String, LineWatch>,
 }
 
 impl Writer {
@@ -145,6 +161,7 @@ impl Writer {
             permits: Vec::new(),
             acks: Vec::new(),
             files_checked: Instant::now(),
+            watches: HashMap::new(),
         };
         w.apply(settings);
         w
@@ -183,6 +200,14 @@ impl Writer {
                 self.apply(settings);
             }
             Job::Sync(ack) => self.acks.push(ack),
+            Job::Watch { id, watch } => match watch {
+                Some(w) => {
+                    self.watches.insert(id, w);
+                }
+                None => {
+                    self.watches.remove(&id);
+                }
+            },
         }
     }
 
@@ -231,6 +256,18 @@ impl Writer {
 
     /// One whole line, stored in pieces when longer than [`MAX_LINE`].
     fn line(&mut self, sw: &mut StreamWriter, at: SystemTime, line: &[u8], continued: bool) {
+        if !self.watches.is_empty() {
+            let id = &sw.info.id;
+            if self
+                .watches
+                .get(id)
+                .is_some_and(|w| w.pattern.is_match(line))
+            {
+                if let Some(w) = self.watches.remove(id) {
+                    (w.notify)();
+                }
+            }
+        }
         let mut rest = line;
         while rest.len() > MAX_LINE {
             let cut = utf8_cut(rest, MAX_LINE);

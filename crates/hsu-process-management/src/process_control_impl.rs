@@ -208,6 +208,8 @@ pub(crate) enum Internal {
     Deps(Verdict),
     /// A dependency whose `restart: propagate` was asked for started a new run.
     DepRestarted(String),
+    /// A line of the run's output matched `ready_log_line`.
+    LogReady(RunId),
 }
 
 /// What callers send: commands and reports (exits come from the supervisor's own
@@ -636,6 +638,7 @@ impl Supervisor {
                     }
                     Internal::Deps(verdict) => Input::Deps(verdict),
                     Internal::DepRestarted(id) => Input::DepRestarted(id),
+                    Internal::LogReady(run) => Input::LogReady(run),
                 },
                 msg = messages.recv(), if !callers_gone => match msg {
                     Some(Message::Command(c)) => Input::Command(c),
@@ -1686,6 +1689,8 @@ impl Supervisor {
             }
         }
         spec.rlimit_nofile = run_limits.plan.rlimit_nofile;
+        // Watched before the child can write: its ready line is never missed.
+        self.watch_ready_line(RunId(self.runs + 1));
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
@@ -1744,6 +1749,22 @@ impl Supervisor {
                 self.phase = Phase::Stopped { leftovers: None };
                 self.fail_or_stop(decision, e.to_string(), None, now);
             }
+        }
+    }
+
+    /// Watches the new run's output for `ready_log_line` (the `log_ready` condition).
+    fn watch_ready_line(&self, run: RunId) {
+        let Some(pattern) = &self.def.ready_log_line else {
+            return;
+        };
+        match regex::bytes::Regex::new(pattern) {
+            Ok(re) => {
+                let internal = self.internal.clone();
+                self.ctx.capture.watch_line(self.id(), re, move || {
+                    let _ = internal.send(Internal::LogReady(run));
+                });
+            }
+            Err(e) => tracing::warn!(id = self.id(), "ready_log_line: {e}"),
         }
     }
 

@@ -280,3 +280,33 @@ fn test_depends_on_cycle_is_rejected_by_validate() {
     }
     assert!(out.stderr.contains("depends on `nope`"), "{}", out.stderr);
 }
+
+#[test]
+fn test_depends_on_log_ready_on_a_printed_line() {
+    let config = processes_config(&[
+        entry(
+            "server",
+            &["--startup-delay", "1", "--print-every", "200"],
+            "graceful_timeout: 2s",
+            "ready_log_line: '^stdout line 3$'",
+        ),
+        entry(
+            "client",
+            &["--run-duration", "0"],
+            "graceful_timeout: 2s",
+            "depends_on: [{id: server, condition: log_ready}]",
+        ),
+    ]);
+    let mut pm = ProcessManager::start("e2e-test-depends-on-log-ready", &config);
+    let api = pm.api();
+    let p = api.wait_process("client", "waiting", LONG, |p| p["state"] == "starting");
+    assert_eq!(p["waiting_for"][0], "server (log_ready)", "{p}");
+    api.wait_process("client", "running", LONG, |p| p["state"] == "running");
+    pm.wait_for_event("client running", LONG, |e| {
+        e.is_transition_to("client", "running")
+    });
+    // The line was printed (and captured) before the client was spawned.
+    let out = std::fs::read_to_string(pm.run().output_log("server", "stdout")).unwrap_or_default();
+    assert!(out.lines().any(|l| l.ends_with("stdout line 3")), "{out}");
+    pm.shutdown_cleanly(LONG);
+}
