@@ -162,6 +162,7 @@ fn through_manager(binary: &Path, bytes: u64, timestamps: bool) -> anyhow::Resul
             format!("while [ ! -e go ]; do sleep 0.01; done; yes '{LINE}' | head -c {bytes}"),
         ],
         fast_restart: false,
+        health_url: None,
     };
     let lines = bytes / (LINE.len() as u64 + 1);
     let want = bytes + if timestamps { lines * STAMP } else { 0 };
@@ -216,6 +217,7 @@ fn scale(binary: &Path, b: &LogBench, capture: bool) -> anyhow::Result<Scale> {
                 .into(),
         ],
         fast_restart: false,
+        health_url: None,
     };
     let top = format!("log_collection:\n  enabled: {capture}\n");
     let mut m = Manager::spawn_with(binary, &work, &top)?;

@@ -25,6 +25,7 @@
 
 mod cleanup;
 mod floor;
+mod health;
 mod http;
 mod logs;
 mod manager;
@@ -85,6 +86,13 @@ struct Args {
     /// The manager binary [default: target/release/hsu-process-manager, built first].
     #[arg(long)]
     manager: Option<PathBuf>,
+    /// Measure health checking instead: this many processes, each with an HTTP check
+    /// every second against an endpoint the runner serves (schedule drift, CPU per check).
+    #[arg(long, value_name = "N")]
+    health: Option<usize>,
+    /// `--health`: the measuring window, seconds [default: 30, 10 with --quick].
+    #[arg(long, value_name = "SECS")]
+    health_secs: Option<u64>,
     /// Measure captured output instead: throughput and the cost of many writers.
     #[arg(long)]
     logs: bool,
@@ -157,6 +165,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let settings = Settings::from(args)?;
     let binary = manager_binary(args.manager.as_deref())?;
     eprintln!("hsu-bench: manager {}", binary.display());
+    if let Some(n) = args.health {
+        if n == 0 {
+            bail!("--health takes at least 1 process");
+        }
+        let window = args.health_secs.unwrap_or(if args.quick { 10 } else { 30 });
+        return health::run(&binary, n, Duration::from_secs(window));
+    }
     if args.logs {
         if args.log_mb == 0 || args.log_n == 0 {
             bail!("--log-mb and --log-n must be at least 1");
@@ -284,6 +299,7 @@ fn baseline_rss(binary: &Path) -> anyhow::Result<f64> {
         executable: SLEEP.into(),
         arguments: vec!["3600".into()],
         fast_restart: true,
+        health_url: None,
     };
     let mut m = Manager::spawn(binary, &work)?;
     m.wait_all_running(0, Duration::from_millis(5), deadline_for(0))?;
@@ -303,6 +319,7 @@ fn manager_block(binary: &Path, n: usize, s: &Settings) -> anyhow::Result<Figure
         executable: SLEEP.into(),
         arguments: vec!["3600".into()],
         fast_restart: true,
+        health_url: None,
     };
     let start = Instant::now();
     let mut m = Manager::spawn(binary, &work)?;
@@ -485,6 +502,7 @@ fn churn_block(binary: &Path, s: &Settings) -> anyhow::Result<Figures> {
         executable: SLEEP.into(),
         arguments: vec!["0.2".into()],
         fast_restart: true,
+        health_url: None,
     };
     let mut m = Manager::spawn(binary, &work)?;
     m.api(deadline_for(s.churn_n))?;

@@ -24,6 +24,8 @@ pub struct Workload {
     /// `restart_policy: always` with no delay and a breaker that never opens; otherwise
     /// the defaults.
     pub fast_restart: bool,
+    /// An HTTP health check every second against this URL (`{i}`: the process's index).
+    pub health_url: Option<String>,
 }
 
 /// Single-quoted YAML scalar.
@@ -53,6 +55,13 @@ pub fn config_yaml(base: &Path, work: &Workload) -> String {
                 "        restart_policy: always\n        \
                  restart: {retry_delay: 0s, max_retries: 100000, window: 1s}\n",
             );
+        }
+        if let Some(url) = &work.health_url {
+            y.push_str(&format!(
+                "      health_check:\n        type: http\n        http: {{url: {}}}\n        \
+                 interval: 1s\n        timeout: 500ms\n",
+                yaml_str(&url.replace("{i}", &i.to_string()))
+            ));
         }
     }
     y
@@ -262,6 +271,7 @@ mod tests {
             executable: "/bin/sleep".into(),
             arguments: vec!["3600".into()],
             fast_restart: true,
+            health_url: None,
         };
         let y = config_yaml(Path::new("/tmp/it's"), &work);
         assert!(y.contains("base_directory: '/tmp/it''s'"));
