@@ -458,6 +458,7 @@ impl From<model::Process> for pb::Process {
             waiting_for: p.waiting_for,
             limit_status_json: serde_json::to_string(&p.limit_status)
                 .unwrap_or_else(|_| "{}".into()),
+            logs_json: serde_json::to_string(&p.logs).unwrap_or_else(|_| "{}".into()),
         }
     }
 }

@@ -233,6 +233,26 @@ pub struct Process {
     /// How its limits are held, raised limits and alerts.
     #[serde(default)]
     pub limit_status: LimitStatus,
+    /// Its captured streams (absent before a stream was first captured).
+    #[serde(default)]
+    pub logs: BTreeMap<String, LogStreamStatus>,
+}
+
+/// What was captured of one stream (`logs` of [`Process`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogStreamStatus {
+    /// Bytes written to its file (timestamps included).
+    pub bytes_written: u64,
+    /// Lines written to its file.
+    pub lines_written: u64,
+    /// Bytes that could not be written (a full disk, an I/O error) and were dropped.
+    pub bytes_dropped: u64,
+    /// Lines dropped.
+    pub lines_dropped: u64,
+    /// Writing fails right now (retried with every new line).
+    pub failing: bool,
+    /// Rotations of its file so far.
+    pub rotations: u64,
 }
 
 /// How a process's limits are held (`limit_status` of [`Process`]).
@@ -535,6 +555,21 @@ impl Process {
                 alerts_total: v.limits.alerts_total,
                 throttled: v.limits.throttled,
             },
+            logs: v
+                .logs
+                .iter()
+                .map(|(stream, s)| {
+                    let status = LogStreamStatus {
+                        bytes_written: s.bytes_written,
+                        lines_written: s.lines_written,
+                        bytes_dropped: s.bytes_dropped,
+                        lines_dropped: s.lines_dropped,
+                        failing: s.failing,
+                        rotations: s.rotations,
+                    };
+                    (stream.as_str().to_owned(), status)
+                })
+                .collect(),
         }
     }
 }

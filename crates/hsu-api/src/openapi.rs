@@ -5,8 +5,8 @@
 use crate::http;
 use crate::model::{
     Accepted, AdjustedLimit, ApiError, Circuit, Dependency, Graph, GraphEdge, GraphNode, Health,
-    HealthStatus, LastExit, LimitEnforcement, LimitStatus, LogStream, Process, ProcessType,
-    ReloadResult, Resources, State,
+    HealthStatus, LastExit, LimitEnforcement, LimitStatus, LogStream, LogStreamStatus, Process,
+    ProcessType, ReloadResult, Resources, State,
 };
 use std::sync::LazyLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -42,6 +42,7 @@ pub const BEARER_SCHEME: &str = "bearer_token";
     components(schemas(
         Process,
         LimitStatus,
+        LogStreamStatus,
         LimitEnforcement,
         AdjustedLimit,
         Dependency,

@@ -118,7 +118,8 @@ pub enum EventKind {
         resource: String,
         /// The usage measured (bytes, percent of one core, or a count).
         value: f64,
-        /// The warning level it crossed, in the same unit.
+        /// The limit itself, in the same unit (the warning threshold is a percentage of
+        /// it).
         limit: f64,
     },
     /// Usage of a resource crossed its limit (CPU: for `sustained_for`), or the kernel's

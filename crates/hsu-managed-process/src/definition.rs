@@ -291,7 +291,6 @@ impl LimitPolicy {
 }
 
 /// `control.limits`: per-resource limits, each measured over the whole process tree.
-/// Accepted and validated; not yet enforced.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct Limits {
     /// `memory`: a cap on resident memory.

@@ -104,6 +104,8 @@ pub struct ProcessView {
     pub waiting_for: Vec<String>,
     /// What status shows of its limits: who enforces each, raised limits, alerts.
     pub limits: crate::limits::LimitsView,
+    /// Its captured streams: what was written and what could not be.
+    pub logs: Vec<(Stream, hsu_log_collection::StreamStats)>,
 }
 
 /// The dependency graph (`GET /api/v1/graph`).
@@ -336,11 +338,12 @@ impl ManagerFacade {
 
     /// Every process, in config order, read at once.
     pub fn processes(&self) -> Vec<ProcessView> {
+        let collector = self.inner.manager.log_collector();
         self.inner
             .manager
             .overview()
             .into_iter()
-            .map(view)
+            .map(|o| with_logs(view(o), collector))
             .collect()
     }
 
@@ -407,7 +410,8 @@ impl ManagerFacade {
     pub fn process(&self, id: &str) -> Result<ProcessView, ControlError> {
         let manager = &self.inner.manager;
         let not_found = || ControlError::NotFound(id.to_owned());
-        Ok(view(manager.overview_of(id).ok_or_else(not_found)?))
+        let v = view(manager.overview_of(id).ok_or_else(not_found)?);
+        Ok(with_logs(v, manager.log_collector()))
     }
 
     /// The definition of a process, as loaded.
@@ -740,6 +744,16 @@ fn restart_only_changes(running: &RunningSettings, new: &Config) -> Vec<SettingC
     changes
 }
 
+/// The view with its captured streams' counters.
+fn with_logs(mut v: ProcessView, collector: &hsu_log_collection::LogCollector) -> ProcessView {
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        if let Some(stats) = collector.stats(&v.status.id, stream) {
+            v.logs.push((stream, stats));
+        }
+    }
+    v
+}
+
 fn view(o: crate::manager::Overview) -> ProcessView {
     let crate::manager::Overview {
         status,
@@ -761,6 +775,7 @@ fn view(o: crate::manager::Overview) -> ProcessView {
         health,
         waiting_for,
         limits,
+        logs: Vec::new(),
     }
 }
 

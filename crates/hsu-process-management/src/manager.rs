@@ -571,7 +571,9 @@ impl ProcessManager {
                 match replacement {
                     Some(new) => entries[i] = new,
                     None => {
-                        entries.remove(i);
+                        // Removed from the config: its pipes and their reader go too.
+                        let gone = entries.remove(i);
+                        self.inner.ctx.capture.remove(&gone.def.id);
                     }
                 }
             }
@@ -932,6 +934,16 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
             );
         }
         *lock(&inner.usage) = fresh;
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A manager that ends without a shutdown (its start failed) leaves no empty area
+        // behind; one that still holds a run stays.
+        if let Some(area) = &self.ctx.cgroups {
+            let _ = std::fs::remove_dir(area.path());
+        }
     }
 }
 

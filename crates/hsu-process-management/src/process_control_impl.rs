@@ -483,6 +483,8 @@ struct Teardown {
     signalled: bool,
     /// The main process exited after the Shutdown call, before any signal.
     exited_on_request: bool,
+    /// SIGKILL was asked for (a forced stop, `immediate_kill`), not reached by waiting.
+    forced: bool,
     graceful: Duration,
     kill_at: Instant,
     killed_at: Option<Instant>,
@@ -1599,6 +1601,7 @@ impl Supervisor {
             ""
         };
         let mut how = match (t.killed_at, t.exit) {
+            (Some(_), _) if t.forced => format!("; killed with SIGKILL ({took})"),
             (Some(_), _) => format!("; killed after graceful timeout ({took})"),
             (None, Some(exit)) => format!(" ({exit}{asked}, in {took})"),
             (None, None) => format!(" (in {took})"),
@@ -1789,8 +1792,15 @@ impl Supervisor {
         let Some((at, limits)) = self.run_limits.as_mut() else {
             return;
         };
-        if *at != run || !matches!(&self.phase, Phase::Running(r) if r.id == run) {
-            return;
+        let grace = self.tracker.tuning().startup_grace_period;
+        match &self.phase {
+            Phase::Running(r) if r.id == run && *at == run => {
+                if now < r.spawned + grace {
+                    // Inside the startup grace period: not judged yet.
+                    return;
+                }
+            }
+            _ => return,
         }
         let mut findings = limits.watch.observe(now.into_std(), &sample.usage);
         if let Some(oom) = sample
@@ -2219,6 +2229,7 @@ impl Teardown {
             signal_at: None,
             signalled: false,
             exited_on_request: false,
+            forced: false,
             graceful,
             kill_at: now + graceful,
             killed_at: None,
@@ -2255,6 +2266,7 @@ impl Teardown {
     /// SIGKILL at the next check: a forced stop, now.
     fn force(&mut self, now: Instant) {
         self.kill_at = self.kill_at.min(now);
+        self.forced = true;
     }
 
     fn next_deadline(&self) -> Instant {
