@@ -566,9 +566,14 @@ async fn read_stream(inner: Weak<Inner>, handle: Arc<StreamHandle>, generation: 
                 _ => return,
             }
         };
-        if fd.readable().await.is_err() {
+        let Ok(ready) = fd.ready(tokio::io::Interest::READABLE).await else {
             return;
-        }
+        };
+        // Once the runtime has seen the pipe's writers all gone, it reports the pipe
+        // readable for good; when a new run's writer arrived before that was read, reads
+        // find no data and no end. Such a reader is replaced by a fresh one (opened
+        // before the old one closes, so the pipe never lacks a reader).
+        let stale = ready.is_read_closed();
         let Some(budget) = inner.upgrade().map(|i| i.budget.clone()) else {
             return;
         };
@@ -586,6 +591,17 @@ async fn read_stream(inner: Weak<Inner>, handle: Arc<StreamHandle>, generation: 
                 return;
             }
             match read_chunk(|buf| fd.try_read(buf)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && stale => {
+                    match fifo::open_reader(&handle.fifo) {
+                        Ok(fresh) => slot.fd = Some(Arc::new(fresh)),
+                        Err(e) => {
+                            tracing::warn!(id = %handle.info.id, "cannot open {} again: {e}; capture resumes with the next run", handle.fifo.display());
+                            slot.fd = None;
+                            slot.task = None;
+                        }
+                    }
+                    Step::Again
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Again,
                 Ok(Some(bytes)) => {
                     empty_ends = 0;

@@ -76,7 +76,12 @@ pub(crate) struct RunLimits {
 impl RunLimits {
     pub fn new(limits: rl::Limits, cgroup: Option<Arc<rl::Cgroup>>) -> RunLimits {
         let plan = rl::Plan::new(&limits, cgroup.as_ref().map(|c| c.controllers()));
-        let watch = rl::LimitWatch::new(&limits);
+        let mut watch = rl::LimitWatch::new(&limits);
+        // A reused cgroup counts the OOM kills of earlier runs: only new ones are this
+        // run's.
+        if let Some(kills) = cgroup.as_ref().and_then(|c| c.oom_kills().ok()) {
+            let _ = watch.observe_oom_kills(kills);
+        }
         RunLimits {
             plan,
             watch,

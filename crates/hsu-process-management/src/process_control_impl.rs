@@ -288,6 +288,7 @@ impl ProcessHandle {
             log_ready: false,
             adjustments: rl::Adjustments::default(),
             run_limits: None,
+            cgroup_kept: false,
             alerts: std::collections::BTreeMap::new(),
             alerts_total: 0,
             status_tx,
@@ -592,6 +593,8 @@ struct Supervisor {
     adjustments: rl::Adjustments,
     /// The current run's limit state.
     run_limits: Option<(RunId, RunLimits)>,
+    /// The process has a cgroup (kept between runs, removed once it is stopped).
+    cgroup_kept: bool,
     /// Crossed limits with policy `alert`, by resource, until back under.
     alerts: std::collections::BTreeMap<&'static str, String>,
     alerts_total: u64,
@@ -682,6 +685,7 @@ impl Supervisor {
         self.ctx
             .peers
             .remove_if(self.id(), &self.status_tx.subscribe());
+        self.remove_cgroup();
     }
 
     /// (Re)starts the task watching the dependencies of the current definition; until it
@@ -762,6 +766,29 @@ impl Supervisor {
             self.on_timer(now);
         }
         self.sync_checker();
+        if self.cgroup_kept {
+            let settled = matches!(
+                self.phase,
+                Phase::Stopped { leftovers: None }
+                    | Phase::Failed {
+                        retry: None,
+                        leftovers: None
+                    }
+            );
+            if settled {
+                self.remove_cgroup();
+            }
+        }
+    }
+
+    /// Removes the process's cgroup (empty by now), if it has one.
+    fn remove_cgroup(&mut self) {
+        self.cgroup_kept = false;
+        if let Some(Ok(Some(cg))) = self.ctx.cgroups.as_ref().map(|a| a.open(self.id())) {
+            if let Err(e) = cg.remove() {
+                tracing::debug!(id = self.id(), "its cgroup stays: {e}");
+            }
+        }
     }
 
     /// The earliest moment the loop must act without an input.
@@ -1453,9 +1480,6 @@ impl Supervisor {
         );
         let tree = t.tree(&self.tag);
         if exit.is_some() && t.members(self.ctx.platform.as_ref(), &self.tag).is_empty() {
-            if let Some(cg) = &t.run.cgroup {
-                let _ = cg.remove();
-            }
             return None;
         }
         self.ctx
@@ -1589,11 +1613,6 @@ impl Supervisor {
             }
         };
         self.ctx.writer.remove(self.ctx.pid_files.path(self.id()));
-        if let Some(cg) = &t.run.cgroup {
-            if let Err(e) = cg.remove() {
-                tracing::debug!(id = self.id(), "the run's cgroup stays: {e}");
-            }
-        }
         let took = humantime::format_duration(round_ms(now.saturating_duration_since(t.began)));
         let asked = if t.exited_on_request {
             " after the Shutdown call"
@@ -1743,9 +1762,6 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::warn!(id = self.id(), "{e}");
-                if let Some(cg) = &cgroup {
-                    let _ = cg.remove();
-                }
                 self.tracker.on_start(now.into_std());
                 let decision = self.tracker.on_exit(now.into_std(), Trigger::Exit, false);
                 // Starting → failed: the spawn error is the reason.
@@ -1772,8 +1788,19 @@ impl Supervisor {
     }
 
     /// A fresh cgroup for the next run, where the manager has a cgroup area.
-    fn run_cgroup(&self) -> Option<Arc<rl::Cgroup>> {
+    ///
+    /// The process's cgroup is kept from one run to the next (an empty one is reused:
+    /// making and removing a cgroup per run costs milliseconds on every restart); it is
+    /// removed once the process is stopped for good (stopped, or failed with no restart
+    /// coming) and when the supervisor ends.
+    fn run_cgroup(&mut self) -> Option<Arc<rl::Cgroup>> {
+        self.cgroup_kept = true;
         let area = self.ctx.cgroups.as_ref()?;
+        if let Ok(Some(cg)) = area.open(self.id()) {
+            if cg.populated().ok() == Some(false) {
+                return Some(Arc::new(cg));
+            }
+        }
         match area.create(self.id()) {
             Ok(cg) => Some(Arc::new(cg)),
             Err(e) => {
