@@ -804,10 +804,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One tree's last sample, and the meter that turns CPU time into a percentage.
+#[derive(Clone)]
 struct Sample {
     pid: u32,
     usage: ResourceUsage,
 }
+
+/// A process without limits is sampled every this many sample intervals: its usage is
+/// only shown, and reading `/proc` for it every second would be most of what an idle
+/// manager costs.
+const UNJUDGED_EVERY: u64 = 5;
 
 /// The status with the last sample of its tree, if that sample is of the current PID.
 fn with_usage(mut status: ProcessStatus, usage: &HashMap<String, Sample>) -> ProcessStatus {
@@ -832,8 +838,13 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // One probe per run: it keeps its files open between samples.
     let mut probes: HashMap<String, (RunId, hsu_resource_limits::Probe)> = HashMap::new();
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks = ticks.wrapping_add(1);
+        // A process with limits is sampled every tick; one without, whose usage is only
+        // shown, every `UNJUDGED_EVERY` ticks (a new run at once).
+        let full = ticks % UNJUDGED_EVERY == 1;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -868,6 +879,21 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
             })
             .collect();
         probes.retain(|id, (run, _)| targets.iter().any(|t| &t.id == id && t.run == *run));
+        let previous = std::mem::take(&mut *lock(&inner.usage));
+        let mut fresh = HashMap::with_capacity(targets.len());
+        let targets: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| {
+                let known = previous.get(&t.id).is_some_and(|s| s.pid == t.pid);
+                if t.judged || full || !known {
+                    return true;
+                }
+                if let Some(s) = previous.get(&t.id) {
+                    fresh.insert(t.id.clone(), s.clone());
+                }
+                false
+            })
+            .collect();
         let area = inner.ctx.cgroups.clone();
         let keys: Vec<(String, RunId, u32, String)> = targets
             .iter()
@@ -889,11 +915,14 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
                 .filter(|(id, ..)| taken.get(id).is_some_and(|(_, p)| !p.has_cgroup()))
                 .map(|(_, _, pid, tag)| (*pid, tag.as_str()))
                 .collect();
-            let mut trees: HashMap<u32, Vec<u32>> = walk
-                .iter()
-                .map(|(pid, _)| *pid)
-                .zip(hsu_process::trees_of(&walk))
-                .collect();
+            let mut trees: HashMap<u32, Vec<u32>> = if walk.is_empty() {
+                HashMap::new()
+            } else {
+                walk.iter()
+                    .map(|(pid, _)| *pid)
+                    .zip(hsu_process::trees_of(&walk))
+                    .collect()
+            };
             let samples: Vec<(String, hsu_resource_limits::Sample)> = keys
                 .iter()
                 .filter_map(|(id, _, pid, _)| {
@@ -906,11 +935,11 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
         })
         .await;
         let Ok((taken, samples)) = sampled else {
+            *lock(&inner.usage) = fresh;
             continue;
         };
         probes = taken;
         tracing::trace!(trees = samples.len(), "resource sample");
-        let mut fresh = HashMap::with_capacity(samples.len());
         for (id, sample) in samples {
             let Some(t) = targets.iter().find(|t| t.id == id) else {
                 continue;

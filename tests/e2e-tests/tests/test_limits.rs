@@ -559,6 +559,12 @@ fn test_limits_file_descriptors_violation_is_logged() {
             &["--run-duration", "0", "--open-fds", "20"],
             "graceful_timeout: 5s\nlimits: {file_descriptors: {max: 64, policy: throttle}}",
         ),
+        // Policy none: measured and shown, never reported.
+        testexe_process(
+            "quiet",
+            &["--run-duration", "0", "--open-fds", "50"],
+            "graceful_timeout: 5s\nlimits: {file_descriptors: {max: 10, policy: none}}",
+        ),
     ]);
     let mut pm = ProcessManager::start("e2e-test-limits-fds", &config);
     let api = pm.api();
@@ -602,6 +608,15 @@ fn test_limits_file_descriptors_violation_is_logged() {
         "descriptors are counted for a process with a descriptor limit: {p}"
     );
     assert!(events_of(&pm, "capped", "resource_violation").is_empty());
+    // Policy none: over its limit all along (the quiet window above), yet no report.
+    let quiet = api.process("quiet");
+    assert!(
+        quiet["resources"]["fds"].as_u64().unwrap_or(0) >= 50,
+        "{quiet}"
+    );
+    assert!(events_of(&pm, "quiet", "resource_violation").is_empty());
+    assert!(events_of(&pm, "quiet", "resource_warning").is_empty());
+    assert_eq!(quiet["state"], "running", "{quiet}");
     pm.shutdown_cleanly(LONG);
 }
 
