@@ -191,7 +191,6 @@ async fn a_full_disk_drops_counts_reports_once_and_recovers() {
     let mut child = f.collector.attach("p", Stream::Stdout).unwrap();
     for i in 0..50 {
         child.write_all(format!("lost {i}\n").as_bytes()).unwrap();
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     until("all 50 lines dropped", || {
         f.collector
@@ -348,12 +347,18 @@ async fn an_idle_pipe_after_its_run_costs_no_cpu() {
         read(&f.log("c", Stream::Stdout)) == "bye\n"
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until("nothing queued", || f.collector.queued_bytes() == 0).await;
+    // A measuring window: the CPU the process uses while nothing is written. Ticks are
+    // 10 ms: a reader spinning at end-of-file would take ~100 in 1 s; it fails as soon
+    // as the bound is crossed.
     let before = cpu_ticks();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    // Ticks are 10 ms: a reader spinning at end-of-file would take ~100.
-    let used = cpu_ticks() - before;
-    assert!(used <= 10, "{used} ticks of CPU in 1 s of idle");
+    let window = Instant::now() + Duration::from_secs(1);
+    let mut interval = tokio::time::interval(Duration::from_millis(50));
+    while Instant::now() < window {
+        interval.tick().await;
+        let used = cpu_ticks() - before;
+        assert!(used <= 10, "{used} ticks of CPU while idle");
+    }
     f.collector.shutdown().await;
 }
 
@@ -382,9 +387,13 @@ async fn capture_files_of_quiet_streams_are_closed() {
         (0..100).all(|i| read(&f.log(&format!("p{i}"), Stream::Stdout)) == "hello\n")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    children[0].write_all(b"again\n").unwrap();
-    until("at most 64 capture files open", || open_under(&logs) <= 64).await;
+    // Quiet files are closed when the writer next counts them (at most once a second,
+    // on a write): keep writing to one stream until it has.
+    until("at most 64 capture files open", || {
+        children[0].write_all(b"again\n").unwrap();
+        open_under(&logs) <= 64
+    })
+    .await;
     // A closed file is opened again when written.
     children[99].write_all(b"later\n").unwrap();
     let last = f.log("p99", Stream::Stdout);

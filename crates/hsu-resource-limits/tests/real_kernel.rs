@@ -249,9 +249,10 @@ async fn a_frozen_cgroup_uses_no_cpu_until_thawed() {
         std::fs::read_to_string(&events).is_ok_and(|t| t.contains("frozen 1"))
     }));
     let frozen_at = usage();
-    // A measuring window, not a wait for an event: nothing may run during it.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(usage() - frozen_at < 5_000, "ran while frozen");
+    // A measuring window, not a wait for an event: nothing may run during it (it fails
+    // as soon as the frozen tree is seen running).
+    let ran = eventually(Duration::from_millis(300), || usage() - frozen_at >= 5_000);
+    assert!(!ran, "ran while frozen");
     run.cg.set_frozen(false).unwrap();
     let thawed_at = usage();
     assert!(eventually(Duration::from_secs(10), || usage() > thawed_at + 20_000));
