@@ -915,14 +915,11 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
                 .filter(|(id, ..)| taken.get(id).is_some_and(|(_, p)| !p.has_cgroup()))
                 .map(|(_, _, pid, tag)| (*pid, tag.as_str()))
                 .collect();
-            let mut trees: HashMap<u32, Vec<u32>> = if walk.is_empty() {
-                HashMap::new()
-            } else {
-                walk.iter()
-                    .map(|(pid, _)| *pid)
-                    .zip(hsu_process::trees_of(&walk))
-                    .collect()
-            };
+            let mut trees: HashMap<u32, Vec<u32>> = walk
+                .iter()
+                .map(|(pid, _)| *pid)
+                .zip(hsu_process::trees_of(&walk))
+                .collect();
             let samples: Vec<(String, hsu_resource_limits::Sample)> = keys
                 .iter()
                 .filter_map(|(id, _, pid, _)| {

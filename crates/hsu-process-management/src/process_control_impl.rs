@@ -2132,6 +2132,10 @@ impl Supervisor {
     }
 
     fn limits_view(&self) -> LimitsView {
+        if self.control.limits.is_empty() && self.alerts_total == 0 {
+            // Published after every input: most processes have no limits to show.
+            return LimitsView::default();
+        }
         let configured = crate::limits::convert(&self.control.limits);
         let mut view = LimitsView {
             adjusted: configured

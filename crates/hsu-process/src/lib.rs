@@ -206,6 +206,10 @@ pub fn tree_of(root: u32, tag: &str) -> Vec<u32> {
 /// tree: what the manager shares between the walks (its own list of children, the tags
 /// of orphans handed to it) is read once. For the resource sampler.
 pub fn trees_of(roots: &[(u32, &str)]) -> Vec<Vec<u32>> {
+    if roots.is_empty() {
+        // Nothing to look for: no read of the manager's children (or of /proc) at all.
+        return Vec::new();
+    }
     platform::trees(roots)
 }
 

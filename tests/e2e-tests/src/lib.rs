@@ -53,6 +53,6 @@ pub use log_parser::{
 };
 pub use process_manager::{describe_exit, run_manager_command, ProcessManager, SHORT};
 pub use test_executor::{
-    binaries, processes_config, single_process_config, testexe_process, yaml_list, yaml_str,
-    TestRun, CONFIG_HEADER,
+    binaries, free_port, processes_config, single_process_config, testexe_process, yaml_list,
+    yaml_str, TestRun, CONFIG_HEADER,
 };

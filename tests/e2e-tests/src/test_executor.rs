@@ -257,6 +257,15 @@ pub fn testexe_process(id: &str, args: &[&str], control_extra: &str) -> String {
     )
 }
 
+/// A free loopback port (for a test server or testexe to listen on): bound once to find
+/// it, then released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// A config of [`CONFIG_HEADER`] and `entries` (e.g. from [`testexe_process`]).
 pub fn processes_config(entries: &[String]) -> String {
     format!("{CONFIG_HEADER}{}", entries.concat())

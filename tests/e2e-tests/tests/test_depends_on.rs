@@ -7,13 +7,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// A testexe entry with process-level `extra` lines (e.g. `depends_on: [db]`).
 fn entry(id: &str, args: &[&str], control: &str, extra: &str) -> String {
     let extra: String = extra
@@ -22,6 +15,41 @@ fn entry(id: &str, args: &[&str], control: &str, extra: &str) -> String {
         .map(|l| format!("    {l}\n"))
         .collect();
     testexe_process(id, args, control).replacen("    type:", &format!("{extra}    type:"), 1)
+}
+
+/// A testexe `id` whose HTTP health endpoint answers only after `startup_delay` seconds,
+/// checked every 200 ms and never restarted for failing while it boots.
+fn slow_server(id: &str, startup_delay: &str) -> String {
+    let port = free_port();
+    format!(
+        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        \
+         interval: 200ms\n        timeout: 150ms\n        failure_threshold: 100\n",
+        entry(
+            id,
+            &["--startup-delay", startup_delay, "--health-port", &port.to_string()],
+            "graceful_timeout: 2s",
+            "",
+        )
+    )
+}
+
+/// A `migrate` job (runs `run_duration` s, exits `code`, restart policy `policy`) and an
+/// `app` that waits for it to complete successfully.
+fn migration_then_app(run_duration: &str, code: &str, policy: &str) -> String {
+    processes_config(&[
+        entry(
+            "migrate",
+            &["--run-duration", run_duration, "--exit-code", code],
+            &format!("restart_policy: {policy}"),
+            "",
+        ),
+        entry(
+            "app",
+            &["--run-duration", "0"],
+            "graceful_timeout: 2s",
+            "depends_on: [{id: migrate, condition: completed_successfully}]",
+        ),
+    ])
 }
 
 /// The journal's `seq` of the first event of `id` matching `pred`.
@@ -40,16 +68,7 @@ fn seq_of(events: &[Event], id: &str, what: &str, pred: impl Fn(&Event) -> bool)
 
 #[test]
 fn test_depends_on_chain_starts_in_order() {
-    let port = free_port();
-    let db = format!(
-        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n        failure_threshold: 100\n",
-        entry(
-            "db",
-            &["--startup-delay", "1.5", "--health-port", &port.to_string()],
-            "graceful_timeout: 2s",
-            "",
-        )
-    );
+    let db = slow_server("db", "1.5");
     let config = processes_config(&[
         // Listed dependents first: the order comes from depends_on, not the file.
         entry(
@@ -134,20 +153,7 @@ fn test_depends_on_chain_starts_in_order() {
 
 #[test]
 fn test_depends_on_migration_gates_the_app() {
-    let config = processes_config(&[
-        entry(
-            "migrate",
-            &["--run-duration", "1", "--exit-code", "0"],
-            "restart_policy: on_failure",
-            "",
-        ),
-        entry(
-            "app",
-            &["--run-duration", "0"],
-            "graceful_timeout: 2s",
-            "depends_on: [{id: migrate, condition: completed_successfully}]",
-        ),
-    ]);
+    let config = migration_then_app("1", "0", "on_failure");
     let mut pm = ProcessManager::start("e2e-test-depends-on-migration", &config);
     let api = pm.api();
     api.wait_process("app", "running", LONG, |p| p["state"] == "running");
@@ -168,20 +174,7 @@ fn test_depends_on_migration_gates_the_app() {
 
 #[test]
 fn test_depends_on_failing_migration_fails_the_app() {
-    let config = processes_config(&[
-        entry(
-            "migrate",
-            &["--run-duration", "0.3", "--exit-code", "4"],
-            "restart_policy: never",
-            "",
-        ),
-        entry(
-            "app",
-            &["--run-duration", "0"],
-            "graceful_timeout: 2s",
-            "depends_on: [{id: migrate, condition: completed_successfully}]",
-        ),
-    ]);
+    let config = migration_then_app("0.3", "4", "never");
     let mut pm = ProcessManager::start("e2e-test-depends-on-failed-migration", &config);
     let api = pm.api();
     let p = api.wait_process("app", "failed", LONG, |p| p["state"] == "failed");
@@ -198,16 +191,7 @@ fn test_depends_on_failing_migration_fails_the_app() {
 
 #[test]
 fn test_depends_on_independent_branches_start_in_parallel() {
-    let port = free_port();
-    let slow = format!(
-        "{}      health_check:\n        type: http\n        http: {{url: \"http://127.0.0.1:{port}/\"}}\n        interval: 200ms\n        timeout: 150ms\n        failure_threshold: 100\n",
-        entry(
-            "slowdb",
-            &["--startup-delay", "5", "--health-port", &port.to_string()],
-            "graceful_timeout: 2s",
-            "",
-        )
-    );
+    let slow = slow_server("slowdb", "5");
     let config = processes_config(&[
         slow,
         entry(

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A free loopback port for testexe to listen on.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// One `standard_managed` testexe entry with `control_extra` lines under `control` and
 /// `health` lines under `health_check`.
 fn probed(id: &str, args: &[&str], control_extra: &str, health: &str) -> String {
