@@ -155,11 +155,7 @@ impl ProcessView {
             {
                 "grpc"
             }
-            HealthCheckKind::Process => "process",
-            HealthCheckKind::Http { .. } => "http",
-            HealthCheckKind::Grpc { .. } => "grpc",
-            HealthCheckKind::Tcp { .. } => "tcp",
-            HealthCheckKind::Exec { .. } => "exec",
+            kind => crate::process_control_impl::check_name(kind),
         }
     }
 }

@@ -2387,7 +2387,7 @@ fn round_ms(d: Duration) -> Duration {
 }
 
 /// The check's name in messages: `http`, `grpc`, `tcp`, `exec` (or `process`).
-fn check_name(kind: &HealthCheckKind) -> &'static str {
+pub(crate) fn check_name(kind: &HealthCheckKind) -> &'static str {
     match kind {
         HealthCheckKind::Process => "process",
         HealthCheckKind::Http { .. } => "http",
