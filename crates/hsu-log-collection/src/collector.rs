@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
@@ -75,6 +75,8 @@ struct Inner {
     /// A `file` target exists: the manager's own lines are wanted.
     wants_manager_lines: AtomicBool,
     closed: AtomicBool,
+    /// Times a reader woke up, over all streams: flat while nothing is written.
+    wakeups: AtomicU64,
 }
 
 /// One captured stream: its pipe and its reader.
@@ -132,6 +134,7 @@ impl LogCollector {
             manager: Counters::default(),
             wants_manager_lines: AtomicBool::new(wants),
             closed: AtomicBool::new(false),
+            wakeups: AtomicU64::new(0),
         });
         if let Ok(mut slot) = MANAGER_LOG.lock() {
             *slot = Some(Arc::downgrade(&inner));
@@ -316,6 +319,12 @@ impl LogCollector {
     /// Bytes read from the pipes and not yet written, over all streams.
     pub fn queued_bytes(&self) -> u64 {
         (QUEUE_BYTES - self.inner.budget.available_permits().min(QUEUE_BYTES)) as u64
+    }
+
+    /// Times the pipe readers woke up, over all streams. Grows with what is written and
+    /// with runs ending, never while every pipe is quiet: a reader that spins shows here.
+    pub fn reader_wakeups(&self) -> u64 {
+        self.inner.wakeups.load(Ordering::Relaxed)
     }
 
     /// Copies a line of the manager's own log to the `file` targets (see
@@ -574,7 +583,10 @@ async fn read_stream(inner: Weak<Inner>, handle: Arc<StreamHandle>, generation: 
         // find no data and no end. Such a reader is replaced by a fresh one (opened
         // before the old one closes, so the pipe never lacks a reader).
         let stale = ready.is_read_closed();
-        let Some(budget) = inner.upgrade().map(|i| i.budget.clone()) else {
+        let Some(budget) = inner.upgrade().map(|i| {
+            i.wakeups.fetch_add(1, Ordering::Relaxed);
+            i.budget.clone()
+        }) else {
             return;
         };
         let Ok(mut permit) = budget.acquire_many_owned(READ_CHUNK as u32).await else {
