@@ -350,7 +350,10 @@ async fn an_idle_pipe_after_its_run_wakes_no_reader() {
     while Instant::now() < window {
         interval.tick().await;
         let woke = f.collector.reader_wakeups() - before;
-        assert!(woke <= 24, "{woke} reader wake-ups while every pipe is quiet");
+        assert!(
+            woke <= 24,
+            "{woke} reader wake-ups while every pipe is quiet"
+        );
     }
     drop(again);
     f.collector.shutdown().await;
