@@ -236,6 +236,35 @@ pub fn is_alive(pid: u32) -> bool {
     platform::is_alive(pid)
 }
 
+/// When `pid` started, in clock ticks after boot (with [`boot_id`], what tells a process
+/// from a later one that got the same PID); `None` once it is gone or a zombie.
+pub fn start_time(pid: u32) -> Option<u64> {
+    platform::start_time(pid)
+}
+
+/// This boot's identity: start times compare only within one boot.
+pub fn boot_id() -> Option<String> {
+    platform::boot_id()
+}
+
+/// Learns of the exit of a process the manager did not spawn (one adopted from an
+/// earlier manager, an unmanaged one): its exit status is not the manager's to collect,
+/// only the moment it ended.
+pub struct ExitWatch(platform::ExitWatch);
+
+impl ExitWatch {
+    /// Resolves once the process has exited (from the kernel; nothing is polled).
+    pub async fn exited(&self) {
+        self.0.exited().await
+    }
+}
+
+/// A watch on `pid` if it is still the process that started at `started` (see
+/// [`start_time`]); an error if it is gone or the PID now belongs to another process.
+pub fn watch_exit(pid: u32, started: u64) -> std::io::Result<ExitWatch> {
+    platform::watch_exit(pid, started).map(ExitWatch)
+}
+
 /// Whether the manager runs with superuser rights (decides the default base directory).
 pub fn is_superuser() -> bool {
     platform::is_superuser()
@@ -783,5 +812,29 @@ mod tests {
             );
             reap_orphans();
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_exit_watch_sees_the_end_and_refuses_another_start_time() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = sleeper.id();
+        let started = start_time(pid).expect("a live process has a start time");
+        assert!(boot_id().is_some());
+        assert!(
+            watch_exit(pid, started + 1).is_err(),
+            "another start time is another process"
+        );
+        let watch = watch_exit(pid, started).unwrap();
+        sleeper.kill().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), watch.exited())
+            .await
+            .expect("the exit is seen");
+        sleeper.wait().unwrap();
+        assert_eq!(start_time(pid), None);
+        assert!(watch_exit(pid, started).is_err());
     }
 }

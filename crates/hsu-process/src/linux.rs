@@ -802,3 +802,64 @@ pub fn seal_inherited_fds() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// When `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field 22); `None`
+/// once it is gone or a zombie.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let pid = i32::try_from(pid).ok()?;
+    let stat = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()?;
+    (!matches!(stat.state, 'Z' | 'X' | 'x')).then_some(stat.starttime)
+}
+
+/// This boot's identity (`/proc/sys/kernel/random/boot_id`): start times only compare
+/// within one boot.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A pidfd on a process this manager did not spawn: readable once it exits.
+pub struct ExitWatch(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl ExitWatch {
+    pub async fn exited(&self) {
+        // A pidfd stays readable once its process has exited; an error of the reactor
+        // (none is expected) is taken as the end too, so a watcher never hangs.
+        let _ = self.0.readable().await;
+    }
+}
+
+/// A watch on `pid`, if it still is the process that started at `started` (in ticks
+/// after boot). The pidfd is opened first and the start time read after, so a PID that
+/// is reused in between is never watched in its place.
+pub fn watch_exit(pid: u32, started: u64) -> std::io::Result<ExitWatch> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let raw_pid = i32::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just returned by the kernel and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if start_time(pid) != Some(started) {
+        return Err(std::io::Error::other(format!(
+            "pid {pid} is no longer the recorded process"
+        )));
+    }
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same descriptor
+    // until the AsyncFd is dropped.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
+    Ok(ExitWatch(fd))
+}
