@@ -67,7 +67,13 @@ pub enum ClientCommand {
     /// Re-read the config and apply the difference.
     Reload,
     /// Stop every process and the manager.
-    Shutdown,
+    Shutdown {
+        /// Exit leaving every process running, recorded in state.json for the next
+        /// manager on the same base directory to adopt (upgrading the manager without
+        /// restarting the services).
+        #[arg(long)]
+        keep_processes: bool,
+    },
 }
 
 impl ClientCommand {
@@ -81,7 +87,7 @@ impl ClientCommand {
             ClientCommand::Logs { .. } => "logs",
             ClientCommand::Events { .. } => "events",
             ClientCommand::Reload => "reload",
-            ClientCommand::Shutdown => "shutdown",
+            ClientCommand::Shutdown { .. } => "shutdown",
         }
     }
 }
@@ -293,9 +299,16 @@ async fn execute(command: ClientCommand, client: &ApiClient) -> Result<(), Clien
                 let _ = writeln!(out, "needs a manager restart: {change}");
             }
         }
-        ClientCommand::Shutdown => {
-            client.shutdown().await?;
-            let _ = writeln!(out, "manager is shutting down");
+        ClientCommand::Shutdown { keep_processes } => {
+            client.shutdown(keep_processes).await?;
+            if keep_processes {
+                let _ = writeln!(
+                    out,
+                    "manager is exiting; its processes keep running for the next manager"
+                );
+            } else {
+                let _ = writeln!(out, "manager is shutting down");
+            }
         }
     }
     Ok(())
@@ -461,7 +474,12 @@ pub fn status_details(p: &Process) -> String {
     if let Some(e) = &h.last_error {
         health.push_str(&format!(": {e}"));
     }
-    format!("reason: {}\nhealth: {health}\n", p.reason)
+    let adopted = if p.adopted {
+        "adopted: yes (started by an earlier manager)\n"
+    } else {
+        ""
+    };
+    format!("reason: {}\nhealth: {health}\n{adopted}", p.reason)
 }
 
 /// The aligned table of `status`.

@@ -316,6 +316,17 @@ async fn serve(
     manager.launch(cfg.processes).await;
 
     let reason = signals.wait_for_shutdown(&facade, args.run_duration).await;
+    if facade.keep_processes_requested() {
+        tracing::info!("exiting, processes left running: {reason}");
+        let left = facade.detach(&reason).await;
+        server.stop().await;
+        facade.close_journal().await;
+        tracing::info!(
+            "{} processes left running for the next manager; bye",
+            left.len()
+        );
+        return Ok(());
+    }
     tracing::info!("shutting down: {reason}");
     facade.shutdown(&reason).await;
     server.stop().await;
@@ -362,11 +373,13 @@ fn api_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
     Ok(Some(token.to_owned()))
 }
 
-/// The signals the manager handles: SIGTERM and SIGINT stop it, SIGHUP reloads.
+/// The signals the manager handles: SIGTERM and SIGINT stop it, SIGHUP reloads, SIGUSR2
+/// ends it leaving every process running for the next manager.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -376,6 +389,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -399,6 +413,10 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => return "SIGTERM".into(),
                 _ = self.int.recv() => return "SIGINT".into(),
+                _ = self.usr2.recv() => {
+                    facade.request_detach("SIGUSR2");
+                    return "SIGUSR2".into();
+                }
                 () = &mut limit => return "--run-duration elapsed".into(),
                 reason = facade.shutdown_requested() => return reason,
                 _ = self.hup.recv() => match facade.reload().await {

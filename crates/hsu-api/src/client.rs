@@ -375,9 +375,15 @@ impl ApiClient {
         self.json(Method::POST, "/api/v1/reload").await
     }
 
-    /// Asks the manager to stop every process and exit.
-    pub async fn shutdown(&self) -> Result<Accepted, ClientError> {
-        self.json(Method::POST, "/api/v1/shutdown").await
+    /// Asks the manager to stop every process and exit; with `keep_processes`, to exit
+    /// leaving them running for the next manager to adopt.
+    pub async fn shutdown(&self, keep_processes: bool) -> Result<Accepted, ClientError> {
+        let path = if keep_processes {
+            "/api/v1/shutdown?keep_processes=true"
+        } else {
+            "/api/v1/shutdown"
+        };
+        self.json(Method::POST, path).await
     }
 
     /// The whole journal.

@@ -332,8 +332,11 @@ impl pb::process_manager_server::ProcessManager for GrpcApi {
         &self,
         req: Request<pb::ShutdownRequest>,
     ) -> Result<Response<pb::ShutdownResponse>, Status> {
-        let reason = req.into_inner().reason;
-        self.state.shutdown(Some(&reason)).await.map_err(status)?;
+        let req = req.into_inner();
+        self.state
+            .shutdown(Some(&req.reason), req.keep_processes)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ShutdownResponse {}))
     }
 }
@@ -459,6 +462,7 @@ impl From<model::Process> for pb::Process {
             limit_status_json: serde_json::to_string(&p.limit_status)
                 .unwrap_or_else(|_| "{}".into()),
             logs_json: serde_json::to_string(&p.logs).unwrap_or_else(|_| "{}".into()),
+            adopted: p.adopted,
         }
     }
 }

@@ -281,17 +281,34 @@ pub(crate) async fn reload(State(s): State<HttpState>) -> Result<Json<ReloadResu
     Ok(Json(s.api.reload().await?))
 }
 
-/// Shuts the manager down (every process is stopped first) after answering.
+/// Shuts the manager down (every process is stopped first) after answering. With
+/// `keep_processes=true` the manager exits leaving every process running, recorded in
+/// `state.json` for the next manager on the same base directory to adopt (the way to
+/// upgrade the manager without touching the services).
 #[utoipa::path(post, path = "/api/v1/shutdown", tag = "manager",
+    params(
+        ("keep_processes" = Option<bool>, Query, description = "Leave every process running for the next manager")),
     responses(
         (status = 202, description = "Shutdown requested", body = Accepted),
+        (status = 400, description = "Bad query", body = ApiError),
         (status = 401, description = "Missing or wrong token", body = ApiError)))]
 pub(crate) async fn shutdown(
     State(s): State<HttpState>,
+    q: Result<Query<ShutdownQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiFailure> {
+    let keep = flag("keep_processes", query(q)?.keep_processes.as_deref())?;
     // The request only raises a flag the binary waits on; its shutdown stops the server
     // gracefully, so this answer is still delivered.
-    Ok((StatusCode::ACCEPTED, Json(s.api.shutdown(None).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(s.api.shutdown(None, keep).await?),
+    ))
+}
+
+/// `?keep_processes=...` of shutdown.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ShutdownQuery {
+    keep_processes: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -236,6 +236,10 @@ pub struct Process {
     /// Its captured streams (absent before a stream was first captured).
     #[serde(default)]
     pub logs: BTreeMap<String, LogStreamStatus>,
+    /// The current run was started by an earlier manager and adopted after a manager
+    /// restart (its exit status will not be known).
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 /// What was captured of one stream (`logs` of [`Process`]).
@@ -500,6 +504,7 @@ impl Process {
             started_at: s.started_at.filter(|_| running).map(rfc3339),
             uptime_secs,
             restart_count: s.restart_count,
+            adopted: s.adopted,
             last_exit: s.last_exit.map(|e| LastExit {
                 code: e.code,
                 signal: e.signal,

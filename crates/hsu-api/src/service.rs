@@ -207,17 +207,35 @@ impl ApiState {
     }
 
     /// Asks the manager to shut down (it stops every process, then the API, so this
-    /// answer is still delivered). `reason` is recorded; blank means an API request.
-    pub async fn shutdown(&self, reason: Option<&str>) -> Result<Accepted, ServiceError> {
+    /// answer is still delivered); with `keep_processes` it exits leaving them running
+    /// for the next manager. `reason` is recorded; blank means an API request.
+    pub async fn shutdown(
+        &self,
+        reason: Option<&str>,
+        keep_processes: bool,
+    ) -> Result<Accepted, ServiceError> {
         let reason = match reason.map(str::trim) {
             Some(r) if !r.is_empty() => r.to_owned(),
+            _ if keep_processes => "API shutdown request (keep processes)".to_owned(),
             _ => "API shutdown request".to_owned(),
         };
         let manager = self.manager.clone();
-        run_to_completion(async move { manager.request_shutdown(&reason) }).await?;
+        run_to_completion(async move {
+            if keep_processes {
+                manager.request_detach(&reason)
+            } else {
+                manager.request_shutdown(&reason)
+            }
+        })
+        .await?;
         Ok(Accepted {
             id: None,
-            action: "shutdown".into(),
+            action: if keep_processes {
+                "shutdown_keep_processes"
+            } else {
+                "shutdown"
+            }
+            .into(),
             process: None,
         })
     }

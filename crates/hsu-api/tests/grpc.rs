@@ -489,6 +489,7 @@ async fn token_and_shutdown() {
     client
         .shutdown(pb::ShutdownRequest {
             reason: "grpc test".into(),
+            keep_processes: false,
         })
         .await
         .unwrap();

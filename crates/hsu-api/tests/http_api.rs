@@ -478,7 +478,7 @@ async fn routes_answer_with_the_documented_statuses() {
     assert!(rss > 0.0);
 
     // Shutdown: answered, then requested of whoever runs the manager.
-    let accepted = c.shutdown().await.unwrap();
+    let accepted = c.shutdown(false).await.unwrap();
     assert_eq!((accepted.action.as_str(), accepted.id), ("shutdown", None));
     let reason = tokio::time::timeout(DEADLINE, h.manager.shutdown_requested())
         .await

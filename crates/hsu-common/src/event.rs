@@ -39,6 +39,13 @@ pub enum EventKind {
         /// The main process's PID.
         pid: u32,
     },
+    /// A run left by an earlier manager (same PID, same start time) is supervised again.
+    Adopted {
+        /// The main process's PID.
+        pid: u32,
+        /// How long it had been running when it was adopted, in milliseconds.
+        uptime_ms: u64,
+    },
     /// The process exited (or was killed by a signal).
     Exited {
         /// The exit code, when it exited normally.
@@ -155,6 +162,7 @@ impl EventKind {
         match self {
             EventKind::StateChanged { .. } => "state_changed",
             EventKind::Spawned { .. } => "spawned",
+            EventKind::Adopted { .. } => "adopted",
             EventKind::Exited { .. } => "exited",
             EventKind::RestartScheduled { .. } => "restart_scheduled",
             EventKind::CircuitOpened { .. } => "circuit_opened",

@@ -80,6 +80,8 @@ pub struct ProcessStatus {
     pub next_restart_at: Option<SystemTime>,
     /// The last resource sample of its tree, while it runs.
     pub resources: Option<ResourceUsage>,
+    /// The current run was started by an earlier manager and adopted by this one.
+    pub adopted: bool,
 }
 
 impl ProcessStatus {
@@ -97,6 +99,7 @@ impl ProcessStatus {
             circuit: Circuit::Closed,
             next_restart_at: None,
             resources: None,
+            adopted: false,
         }
     }
 }

@@ -535,6 +535,25 @@ impl ManagerFacade {
         self.inner.manager.request_shutdown(reason);
     }
 
+    /// Asks whoever runs the manager to end it leaving every process running for the
+    /// next manager (see [`ProcessManager::detach`]); control requests are refused from now.
+    pub fn request_detach(&self, reason: &str) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.manager.request_detach(reason);
+    }
+
+    /// Whether the shutdown requested is to leave the processes running.
+    pub fn keep_processes_requested(&self) -> bool {
+        self.inner.manager.keep_processes_requested()
+    }
+
+    /// Ends supervision leaving every process running (see [`ProcessManager::detach`]);
+    /// returns the ids of those left running.
+    pub async fn detach(&self, reason: &str) -> Vec<String> {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.manager.detach(reason).await
+    }
+
     /// Resolves with the reason once a shutdown has been requested.
     pub async fn shutdown_requested(&self) -> String {
         self.inner.manager.shutdown_requested().await

@@ -252,6 +252,14 @@ impl Platform for FakePlatform {
         })
     }
 
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        Some(u64::from(pid))
+    }
+
+    fn adopt(&self, pid: u32, _start_time: u64) -> Result<crate::platform::ExitFuture, String> {
+        Err(format!("pid {pid}: nothing to adopt on a made-up platform"))
+    }
+
     fn request_shutdown(
         &self,
         _port: u16,

@@ -11,8 +11,9 @@
 
 pub use hsu_managed_process::Circuit;
 use hsu_managed_process::{RestartPolicy, RestartTuning, TriggerOverride};
+use hsu_process_file::{BudgetRecord, RestartRecord};
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What caused a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +90,8 @@ pub struct RestartTracker {
     budgets: [Budget; 3],
     circuit: Circuit,
     started_at: Option<Instant>,
+    /// Bumped by every change of what [`Self::snapshot`] records.
+    changes: u64,
 }
 
 /// The effective tuning for one trigger after its overrides.
@@ -107,7 +110,58 @@ impl RestartTracker {
             budgets: Default::default(),
             circuit: Circuit::Closed,
             started_at: None,
+            changes: 0,
         }
+    }
+
+    /// Grows with every change worth recording (see [`Self::snapshot`]).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// The bookkeeping as `state.json` keeps it: instants become wall-clock times
+    /// (`now` and `wall` are the same moment on both clocks).
+    pub fn snapshot(&self, now: Instant, wall: SystemTime) -> RestartRecord {
+        let to_ms = |t: Instant| {
+            let at = wall
+                .checked_sub(now.saturating_duration_since(t))
+                .unwrap_or(UNIX_EPOCH);
+            at.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        RestartRecord {
+            circuit: self.circuit.as_str().to_owned(),
+            budgets: self
+                .budgets
+                .iter()
+                .map(|b| BudgetRecord {
+                    consecutive: b.consecutive,
+                    recent_ms: b.recent.iter().map(|&t| to_ms(t)).collect(),
+                })
+                .collect(),
+            next_start_at_ms: None,
+            trial: false,
+        }
+    }
+
+    /// Takes back what [`Self::snapshot`] recorded (an earlier manager's bookkeeping).
+    /// Restarts older than the window are dropped by the next exit as usual.
+    pub fn restore(&mut self, record: &RestartRecord, now: Instant, wall: SystemTime) {
+        let to_instant = |ms: u64| {
+            let at = UNIX_EPOCH + Duration::from_millis(ms);
+            let ago = wall.duration_since(at).unwrap_or_default();
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        self.circuit = match record.circuit.as_str() {
+            "open" => Circuit::Open,
+            "half_open" => Circuit::HalfOpen,
+            _ => Circuit::Closed,
+        };
+        for (budget, saved) in self.budgets.iter_mut().zip(&record.budgets) {
+            budget.consecutive = saved.consecutive;
+            budget.recent = saved.recent_ms.iter().map(|&ms| to_instant(ms)).collect();
+        }
+        self.changes += 1;
     }
 
     /// The breaker's position.
@@ -122,6 +176,7 @@ impl RestartTracker {
 
     /// The process was started (spawned successfully) at `now`.
     pub fn on_start(&mut self, now: Instant) {
+        self.changes += 1;
         self.started_at = Some(now);
     }
 
@@ -135,6 +190,7 @@ impl RestartTracker {
             return false;
         }
         self.forget();
+        self.changes += 1;
         let closed = self.circuit == Circuit::HalfOpen;
         if closed {
             self.circuit = Circuit::Closed;
@@ -144,6 +200,7 @@ impl RestartTracker {
 
     /// The open breaker's cooldown has passed: the next start is the one trial.
     pub fn on_cooldown_elapsed(&mut self) {
+        self.changes += 1;
         if self.circuit == Circuit::Open {
             self.circuit = Circuit::HalfOpen;
         }
@@ -151,6 +208,7 @@ impl RestartTracker {
 
     /// A start by hand (or `restart --force`): a clean slate, breaker closed.
     pub fn reset(&mut self) {
+        self.changes += 1;
         self.forget();
         self.circuit = Circuit::Closed;
     }
@@ -171,6 +229,7 @@ impl RestartTracker {
     /// The process ended at `now` (an exit, a spawn error counted as a failed exit, or a
     /// health/resource stop). `success` is a clean exit (code 0).
     pub fn on_exit(&mut self, now: Instant, trigger: Trigger, success: bool) -> Decision {
+        self.changes += 1;
         let uptime = self
             .started_at
             .take()
@@ -499,5 +558,35 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_bookkeeping_survives_a_snapshot_on_another_clock() {
+        let t0 = Instant::now();
+        let mut a = RestartTracker::new(RestartPolicy::OnFailure, tuning());
+        let d1 = crash(&mut a, t0);
+        let d2 = crash(&mut a, t0 + ms(200));
+        assert_eq!((delay_of(&d1), delay_of(&d2)), (ms(100), ms(200)));
+        let wall = SystemTime::now();
+        let record = a.snapshot(t0 + ms(300), wall);
+        assert_eq!(record.circuit, "closed");
+        assert_eq!(record.budgets[0].consecutive, 2);
+        // A new manager, its monotonic clock elsewhere, 1 s later on the wall clock.
+        let later = t0 + ms(50_000);
+        let mut b = RestartTracker::new(RestartPolicy::OnFailure, tuning());
+        let changes = b.changes();
+        b.restore(&record, later, wall + ms(1000));
+        assert!(b.changes() > changes);
+        // The backoff goes on where it was, and the breaker counts the earlier restarts.
+        assert_eq!(delay_of(&crash(&mut b, later)), ms(400));
+        assert!(matches!(
+            crash(&mut b, later + ms(100)),
+            Decision::OpenCircuit { restarts: 3, .. }
+        ));
+        let open = b.snapshot(later + ms(200), wall + ms(1200));
+        assert_eq!(open.circuit, "open");
+        let mut c = RestartTracker::new(RestartPolicy::OnFailure, tuning());
+        c.restore(&open, t0, wall + ms(2000));
+        assert_eq!(c.circuit(), Circuit::Open);
     }
 }

@@ -51,6 +51,8 @@ struct Inner {
     reaper: tokio::task::JoinHandle<()>,
     /// Set once someone (a signal, the API) asks the manager to shut down.
     shutdown_requested: watch::Sender<Option<String>>,
+    /// The shutdown asked for leaves the processes running (see [`ProcessManager::detach`]).
+    keep_processes: std::sync::atomic::AtomicBool,
     /// `state.json`: which processes were stopped by hand (the supervisors set the marks).
     durable: Arc<StateFile>,
     /// The last resource sample of each running process's tree, by id.
@@ -159,6 +161,7 @@ impl ProcessManager {
             tag_prefix: options.base_directory.display().to_string(),
             peers: Arc::new(crate::deps::Peers::default()),
             cgroups,
+            boot_id: hsu_process::boot_id(),
         });
         let manager = ProcessManager {
             inner: Arc::new(Inner {
@@ -168,6 +171,7 @@ impl ProcessManager {
                 events,
                 reaper: tokio::spawn(reap_orphans_forever()),
                 shutdown_requested: watch::channel(None).0,
+                keep_processes: std::sync::atomic::AtomicBool::new(false),
                 durable,
                 usage: Mutex::new(HashMap::new()),
                 sampler: Mutex::new(None),
@@ -179,20 +183,103 @@ impl ProcessManager {
         Ok(manager)
     }
 
-    /// Takes on `definitions` and starts every enabled managed one.
+    /// Takes on `definitions` and starts every enabled managed one — except what
+    /// `state.json` says otherwise of: a run an earlier manager left alive (same PID,
+    /// same start time) is adopted instead of started again, a process stopped by hand
+    /// stays stopped, an open breaker stays open. A recorded run whose process is no
+    /// longer configured (or no longer enabled) is adopted only to be stopped.
     pub async fn launch(&self, definitions: Vec<ProcessDefinition>) {
+        if let Some(problem) = self.inner.durable.problem() {
+            self.inner.events.emit(
+                None,
+                EventKind::Alert {
+                    message: problem.to_owned(),
+                },
+            );
+        }
         let mut to_start = Vec::new();
+        let mut leftovers = Vec::new();
         {
             let mut entries = self.entries();
+            for id in self.inner.durable.ids() {
+                let configured = definitions
+                    .iter()
+                    .any(|d| d.id == id && supervised(d).is_some());
+                if !configured {
+                    leftovers.extend(self.leftover(&id));
+                }
+            }
             for def in definitions {
-                let entry = self.supervise(def);
-                if let Some(h) = self.to_start(&entry) {
+                let held = self
+                    .inner
+                    .durable
+                    .record(&def.id)
+                    .and_then(|r| r.restarts)
+                    .is_some_and(|r| r.circuit == "open");
+                let entry = self.supervise(def, true);
+                if let Some(h) = self.to_start(&entry).filter(|_| !held) {
                     to_start.push(h);
                 }
                 entries.push(entry);
             }
         }
-        start_all(to_start, "started with the manager").await;
+        let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
+        let mut work = JoinSet::new();
+        for handle in leftovers {
+            work.spawn(async move {
+                if let Err(e) = handle.end(Ending::Removed, deadline).await {
+                    tracing::warn!(id = handle.id(), "stopping a run no longer configured: {e}");
+                }
+            });
+        }
+        work.spawn(start_all(to_start, "started with the manager"));
+        while work.join_next().await.is_some() {}
+    }
+
+    /// A supervisor for the recorded run of `id`, a process no longer configured: it
+    /// adopts the run (if still alive) so that it can be stopped like any other, with the
+    /// stop signal and graceful timeout it was started with.
+    fn leftover(&self, id: &str) -> Option<ProcessHandle> {
+        let mut record = self.inner.durable.record(id)?;
+        let Some(run) = record.run.as_mut() else {
+            // Nothing runs: the record only kept marks and counters.
+            self.inner.durable.remove(id);
+            return None;
+        };
+        // Judged by nothing but its PID and start time: no definition to compare.
+        run.definition = serde_json::Value::Null;
+        let mut control = ControlSpec::new(run.executable.clone(), "/");
+        control.stop_signal = run.stop_signal.parse().unwrap_or_default();
+        if run.graceful_timeout_ms > 0 {
+            control.graceful_timeout = Duration::from_millis(run.graceful_timeout_ms);
+        }
+        control.restart_policy = hsu_managed_process::RestartPolicy::Never;
+        let def = ProcessDefinition {
+            id: id.to_owned(),
+            process_type: if run.port.is_some() {
+                hsu_managed_process::ProcessType::IntegratedManaged
+            } else {
+                hsu_managed_process::ProcessType::StandardManaged
+            },
+            enabled: true,
+            control: Some(control.clone()),
+            health_check: Default::default(),
+            log_collection: Default::default(),
+            discovery: None,
+            metadata: Default::default(),
+            profile_type: None,
+            depends_on: Vec::new(),
+            ready_log_line: None,
+        };
+        // A hand-stopped mark must not turn the stop into something else.
+        record.set_stopped_by_hand(false);
+        Some(ProcessHandle::spawn_restored(
+            def,
+            control,
+            self.inner.ctx.clone(),
+            "no longer configured",
+            Some(record),
+        ))
     }
 
     fn entries(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -235,19 +322,23 @@ impl ProcessManager {
         }
     }
 
-    /// A supervisor for an enabled managed definition; an idle entry otherwise.
-    fn supervise(&self, def: ProcessDefinition) -> Entry {
+    /// A supervisor for an enabled managed definition; an idle entry otherwise. With
+    /// `restore`, the supervisor takes back what `state.json` recorded of the process.
+    fn supervise(&self, def: ProcessDefinition, restore: bool) -> Entry {
         let reason = if self.stopped_by_hand(&def.id) {
             HELD
         } else {
             "not started"
         };
         let supervision = match supervised(&def) {
-            Some(control) => Supervision::Managed(ProcessHandle::spawn(
+            Some(control) => Supervision::Managed(ProcessHandle::spawn_restored(
                 def.clone(),
                 control.clone(),
                 self.inner.ctx.clone(),
                 reason,
+                restore
+                    .then(|| self.inner.durable.record(&def.id))
+                    .flatten(),
             )),
             None if def.process_type.is_managed() => {
                 Supervision::Idle(idle(&def, "disabled in the config"))
@@ -498,7 +589,7 @@ impl ProcessManager {
             for def in definitions {
                 let Some(i) = old.iter().position(|e| e.def.id == def.id) else {
                     diff.added.push(def.id.clone());
-                    let entry = self.supervise(def);
+                    let entry = self.supervise(def, false);
                     to_start.extend(self.to_start(&entry));
                     entries.push(entry);
                     continue;
@@ -532,10 +623,10 @@ impl ProcessManager {
                             def: entry.def,
                             supervision: Supervision::Managed(h.clone()),
                         });
-                        ending.push((h, Some(self.supervise(def))));
+                        ending.push((h, Some(self.supervise(def, false))));
                     }
                     (Supervision::Idle(_), _) => {
-                        let entry = self.supervise(def);
+                        let entry = self.supervise(def, false);
                         to_start.extend(self.to_start(&entry));
                         entries.push(entry);
                     }
@@ -613,6 +704,24 @@ impl ProcessManager {
         });
     }
 
+    /// Asks whoever runs the manager to end it leaving every process running (see
+    /// [`ProcessManager::detach`]); a shutdown requested earlier stays what it was.
+    pub fn request_detach(&self, reason: &str) {
+        if self.inner.shutdown_requested.borrow().is_none() {
+            self.inner
+                .keep_processes
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.request_shutdown(reason);
+    }
+
+    /// Whether the shutdown requested is to leave the processes running.
+    pub fn keep_processes_requested(&self) -> bool {
+        self.inner
+            .keep_processes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Resolves with the reason once a shutdown has been requested.
     pub async fn shutdown_requested(&self) -> String {
         let mut rx = self.inner.shutdown_requested.subscribe();
@@ -621,6 +730,59 @@ impl ProcessManager {
             .await
             .map(|r| r.clone().unwrap_or_default());
         reason.unwrap_or_else(|_| String::from("manager dropped"))
+    }
+
+    /// Ends the manager's supervision and leaves every process running: each supervisor
+    /// ends with its run recorded in `state.json`, captured output is written up to the
+    /// moment of the call (what the processes write afterwards waits in their pipes for
+    /// the next manager), cgroups and PID files stay. The next manager on the same base
+    /// directory adopts them. Returns the ids of the processes left running. Idempotent
+    /// with [`Self::shutdown`]: whichever comes first wins.
+    pub async fn detach(&self, reason: &str) -> Vec<String> {
+        let mut guard = self.inner.reconfigure.lock().await;
+        if *guard {
+            return Vec::new();
+        }
+        *guard = true;
+        let entries = std::mem::take(&mut *self.entries());
+        let mut work = JoinSet::new();
+        for entry in &entries {
+            if let Supervision::Managed(h) = &entry.supervision {
+                let (id, h) = (entry.def.id.clone(), h.clone());
+                work.spawn(async move {
+                    let running = h.status().pid.is_some();
+                    if let Err(e) = h.detach().await {
+                        tracing::warn!(id = h.id(), "detach: {e}");
+                    }
+                    running.then_some(id)
+                });
+            }
+        }
+        *self.entries() = entries;
+        let mut left = Vec::new();
+        while let Some(done) = work.join_next().await {
+            left.extend(done.ok().flatten());
+        }
+        left.sort();
+        self.inner.ctx.capture.shutdown().await;
+        let writer = self.inner.ctx.writer.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.flush()).await;
+        self.inner.reaper.abort();
+        if let Some(sampler) = lock(&self.inner.sampler).take() {
+            sampler.abort();
+        }
+        let reason = if left.is_empty() {
+            format!("{reason}; no process was running")
+        } else {
+            format!(
+                "{reason}; left running for the next manager: {}",
+                left.join(", ")
+            )
+        };
+        self.inner
+            .events
+            .emit(None, EventKind::ManagerStopped { reason });
+        left
     }
 
     /// Stops every process (in parallel, each within its graceful timeout, the whole

@@ -79,6 +79,13 @@ pub trait Platform: Send + Sync + 'static {
         let _ = base;
         None
     }
+    /// When `pid` started (ticks after boot), recorded in `state.json` so that a later
+    /// manager can tell the process from one that got the same PID.
+    fn start_time(&self, pid: u32) -> Option<u64>;
+    /// Watches the exit of a process left by an earlier manager, if `pid` is still the
+    /// process that started at `start_time`. Its exit status is not the manager's to
+    /// collect: the future resolves with neither code nor signal.
+    fn adopt(&self, pid: u32, start_time: u64) -> Result<ExitFuture, String>;
     /// Asks the integrated process listening on `port` to shut down
     /// (`hsu.core.v1.CoreService/Shutdown`); `Ok` once it answered.
     fn request_shutdown(
@@ -127,6 +134,21 @@ impl Platform for OsPlatform {
 
     fn cgroup_area(&self, base: &std::path::Path) -> Option<hsu_resource_limits::CgroupRoot> {
         crate::manager::cgroup_area(base)
+    }
+
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        hsu_process::start_time(pid)
+    }
+
+    fn adopt(&self, pid: u32, start_time: u64) -> Result<ExitFuture, String> {
+        let watch = hsu_process::watch_exit(pid, start_time).map_err(|e| e.to_string())?;
+        Ok(Box::pin(async move {
+            watch.exited().await;
+            Ok(ExitInfo {
+                code: None,
+                signal: None,
+            })
+        }))
     }
 
     fn probe(&self, request: ProbeRequest) -> BoxFuture<ProbeOutcome> {

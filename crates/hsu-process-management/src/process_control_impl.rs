@@ -33,7 +33,7 @@
 use crate::deps::{self, Peers, Verdict};
 use crate::lifecycle::{Decision, RestartTracker, Trigger};
 use crate::limits::{LimitsView, RunLimits};
-use crate::platform::{Platform, ProbeRequest, Tree};
+use crate::platform::{ExitFuture, Platform, ProbeRequest, Tree};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
 use hsu_log_collection::{LogCollector, Stream};
 use hsu_managed_process::{
@@ -42,12 +42,12 @@ use hsu_managed_process::{
 };
 use hsu_monitoring::{HealthReport, HealthStatus, HealthTracker, ProbeOutcome};
 use hsu_process::{ExitInfo, SpawnSpec};
-use hsu_process_file::{FileWriter, PidFiles, StateFile};
+use hsu_process_file::{FileWriter, PidFiles, ProcessRecord, RunRecord, StateFile};
 use hsu_process_state::StateMachine;
 use hsu_resource_limits as rl;
 use std::fs::File;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -83,6 +83,9 @@ pub struct Context {
     /// The manager's area in the cgroup v2 hierarchy, when it has one: each run gets a
     /// cgroup there.
     pub cgroups: Option<rl::CgroupRoot>,
+    /// This boot's identity, recorded with every run (start times compare only within
+    /// one boot).
+    pub boot_id: Option<String>,
 }
 
 impl Context {
@@ -147,6 +150,9 @@ enum Command {
         deadline: Instant,
         reply: Reply,
     },
+    /// End the supervisor and leave the process running, recorded in `state.json` for
+    /// the next manager to adopt.
+    Detach { reply: Reply },
 }
 
 /// What a monitor (health checks, resource limits) tells the supervisor about a run.
@@ -255,6 +261,20 @@ impl ProcessHandle {
         ctx: Arc<Context>,
         reason: &str,
     ) -> Self {
+        Self::spawn_restored(def, control, ctx, reason, None)
+    }
+
+    /// [`Self::spawn`], taking back what `state.json` recorded of the process: its
+    /// restart count and bookkeeping (an open breaker stays open), and its run when that
+    /// is still alive (same PID, same start time, same boot), which is adopted rather
+    /// than started again.
+    pub fn spawn_restored(
+        def: ProcessDefinition,
+        control: ControlSpec,
+        ctx: Arc<Context>,
+        reason: &str,
+        restored: Option<ProcessRecord>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let mut initial = ProcessStatus::new(&def.id, def.process_type);
@@ -293,6 +313,11 @@ impl ProcessHandle {
             alerts_total: 0,
             status_tx,
             ended: false,
+            restored,
+            persisted: None,
+            def_json: None,
+            detached: false,
+            removed: false,
         };
         let id = supervisor.def.id.clone();
         supervisor.ctx.peers.insert(&id, status_rx.clone());
@@ -385,6 +410,11 @@ impl ProcessHandle {
         self.call(|reply| Command::Stop { force, why, reply }).await
     }
 
+    /// Ends the supervisor and leaves the process running for the next manager.
+    pub async fn detach(&self) -> Result<(), ControlError> {
+        self.call(|reply| Command::Detach { reply }).await
+    }
+
     /// Stops the process (the stop bounded by `deadline`) and ends the supervisor.
     pub async fn end(&self, why: Ending, deadline: Instant) -> Result<(), ControlError> {
         self.call(|reply| Command::End {
@@ -444,6 +474,11 @@ struct Run {
     /// When the run will have been up `reset_after` (forgets earlier failures); `None`
     /// once that has happened.
     stable_at: Option<Instant>,
+    /// When its PID's process started (ticks after boot): with the PID, what a later
+    /// manager adopts it by. `None` when it could not be read (then it is not recorded).
+    start_time: Option<u64>,
+    /// Spawned by an earlier manager and adopted: its exit status cannot be known.
+    adopted: bool,
 }
 
 /// A restart waiting for its time.
@@ -601,6 +636,26 @@ struct Supervisor {
     status_tx: watch::Sender<Published>,
     /// Set when the supervisor has finished its last teardown and must return.
     ended: bool,
+    /// What `state.json` held for the process when the manager started (taken at the
+    /// supervisor's start).
+    restored: Option<ProcessRecord>,
+    /// What was last recorded in `state.json` (see [`Supervisor::persist`]).
+    persisted: Option<PersistKey>,
+    /// The definition as JSON, recorded with each run (made once per definition).
+    def_json: Option<Arc<serde_json::Value>>,
+    /// Ended by `Detach`: the process runs on and its cgroup stays.
+    detached: bool,
+    /// Ended because a reload removed it: its `state.json` record goes too.
+    removed: bool,
+}
+
+/// What `state.json` holds of a supervisor, in a form cheap to compare after each step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PersistKey {
+    tracker: u64,
+    run: Option<RunId>,
+    restart_count: u32,
+    retry: Option<SystemTime>,
 }
 
 /// Resolves at `at`, or never when there is no deadline.
@@ -628,7 +683,14 @@ impl Supervisor {
         mut internal: mpsc::UnboundedReceiver<Internal>,
     ) {
         self.watch_deps();
+        if let Some(record) = self.restored.take() {
+            let restore = std::panic::AssertUnwindSafe(|| self.restore(record, Instant::now()));
+            if let Err(panic) = std::panic::catch_unwind(restore) {
+                self.recover(panic_message(panic.as_ref()));
+            }
+        }
         self.publish();
+        self.persist();
         let mut callers_gone = false;
         while !self.ended {
             let wake = self.next_deadline();
@@ -675,6 +737,7 @@ impl Supervisor {
                     panic_message(panic.as_ref())
                 );
             }
+            self.persist();
         }
         if let Some((_, checker)) = self.checker.take() {
             checker.abort();
@@ -685,7 +748,12 @@ impl Supervisor {
         self.ctx
             .peers
             .remove_if(self.id(), &self.status_tx.subscribe());
-        self.remove_cgroup();
+        if !self.detached {
+            self.remove_cgroup();
+        }
+        if self.removed {
+            self.ctx.durable.remove(self.id());
+        }
     }
 
     /// (Re)starts the task watching the dependencies of the current definition; until it
@@ -782,6 +850,235 @@ impl Supervisor {
     }
 
     /// Removes the process's cgroup (empty by now), if it has one.
+    /// Takes back what `state.json` recorded (see [`ProcessHandle::spawn_restored`]).
+    fn restore(&mut self, record: ProcessRecord, now: Instant) {
+        let wall = SystemTime::now();
+        self.restart_count = record.restart_count;
+        if let Some(r) = &record.restarts {
+            self.tracker.restore(r, now.into_std(), wall);
+        }
+        let same_boot = |r: &&RunRecord| r.boot_id.is_some() && r.boot_id == self.ctx.boot_id;
+        if let Some(run) = record.run.as_ref().filter(same_boot) {
+            match self.ctx.platform.adopt(run.pid, run.start_time) {
+                Ok(exit) => {
+                    let changed = definition_changed(&run.definition, &self.def);
+                    self.adopt_run(run, exit, now, wall);
+                    if record.stopped_by_hand() {
+                        let why = "stopped by hand (recorded by the earlier manager)";
+                        self.begin_stop(why, Then::Stay, false, now);
+                    } else if changed {
+                        let why = "definition changed while no manager ran";
+                        let then = Then::Start {
+                            why: why.into(),
+                            reset: false,
+                            replies: Vec::new(),
+                        };
+                        self.begin_stop(why, then, false, now);
+                    }
+                    return;
+                }
+                Err(e) => tracing::info!(
+                    id = self.id(),
+                    pid = run.pid,
+                    "the recorded run is not adopted: {e}"
+                ),
+            }
+        } else if let Some(run) = &record.run {
+            tracing::info!(
+                id = self.id(),
+                pid = run.pid,
+                "the recorded run is from another boot: not adopted"
+            );
+        }
+        if !record.stopped_by_hand() && self.tracker.circuit() == Circuit::Open {
+            let restarts = record.restarts.unwrap_or_default();
+            let retry = restarts
+                .next_start_at_ms
+                .filter(|_| !self.tracker.tuning().cooldown.is_zero())
+                .map(|ms| {
+                    let due = UNIX_EPOCH + Duration::from_millis(ms);
+                    Retry {
+                        at: now + due.duration_since(wall).unwrap_or_default(),
+                        wall: due.max(wall),
+                        trial: true,
+                    }
+                });
+            self.machine = StateMachine::restored(
+                self.id(),
+                ProcessState::Failed,
+                "circuit breaker open (recorded by the earlier manager)",
+            );
+            self.phase = Phase::Failed {
+                retry,
+                leftovers: None,
+            };
+        }
+    }
+
+    /// Supervises a run left by an earlier manager as if it had spawned it: its exit is
+    /// watched through a pidfd, its output pipes are read again, its cgroup (found by the
+    /// process's id) holds its tree, its checks and limits apply.
+    fn adopt_run(&mut self, rec: &RunRecord, exit: ExitFuture, now: Instant, wall: SystemTime) {
+        let pid = rec.pid;
+        let started_at = UNIX_EPOCH + Duration::from_millis(rec.started_at_ms);
+        let age = wall.duration_since(started_at).unwrap_or_default();
+        let spawned = now.checked_sub(age).unwrap_or(now);
+        self.runs += 1;
+        let run_id = RunId(self.runs);
+        let internal = self.internal.clone();
+        tokio::spawn(async move {
+            let _ = internal.send(Internal::Exited(run_id, exit.await));
+        });
+        let events = self.ctx.events.clone();
+        if let Err(e) = self.machine.transition(
+            ProcessState::Starting,
+            format!("adopting pid {pid} from an earlier manager"),
+            events.as_ref(),
+        ) {
+            tracing::error!("{e}");
+        }
+        let limits = crate::limits::convert(&self.control.limits).adjusted(&self.adjustments);
+        let cgroup = self
+            .ctx
+            .cgroups
+            .as_ref()
+            .and_then(|area| area.open(self.id()).ok().flatten())
+            .map(Arc::new);
+        self.cgroup_kept = cgroup.is_some();
+        let run_limits = RunLimits::new(limits, cgroup.clone());
+        if let Some(cg) = &cgroup {
+            if let Err(e) = cg.apply(&run_limits.plan) {
+                tracing::warn!(id = self.id(), "cannot set the run's cgroup limits ({e})");
+            }
+        }
+        let lc = &self.def.log_collection;
+        let streams = [
+            (Stream::Stdout, lc.capture_stdout),
+            (Stream::Stderr, lc.capture_stderr),
+        ];
+        for (stream, wanted) in streams {
+            if !(wanted && lc.enabled) {
+                continue;
+            }
+            match self.ctx.capture.reconnect(self.id(), stream) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    id = self.id(),
+                    "its {stream:?} pipe is gone: that output is no longer captured"
+                ),
+                Err(e) => tracing::warn!(id = self.id(), "cannot read its {stream:?} again: {e}"),
+            }
+        }
+        self.watch_ready_line(run_id);
+        self.tracker.on_start(spawned.into_std());
+        let check = self.health_check(rec.port);
+        let grace = self
+            .def
+            .health_check
+            .startup_grace_period
+            .max(self.tracker.tuning().startup_grace_period);
+        let run = Run {
+            id: run_id,
+            pid,
+            started_at,
+            spawned,
+            ready: check.is_none(),
+            grace_until: spawned + grace,
+            check,
+            port: rec.port,
+            cgroup,
+            stable_at: Some(spawned + self.tracker.tuning().reset_after),
+            start_time: Some(rec.start_time),
+            adopted: true,
+        };
+        self.run_limits = Some((run_id, run_limits));
+        let hc = &self.def.health_check;
+        self.health = HealthTracker::new(hc.failure_threshold, hc.success_threshold);
+        self.emit(EventKind::Adopted {
+            pid,
+            uptime_ms: age.as_millis().try_into().unwrap_or(u64::MAX),
+        });
+        tracing::info!(id = self.id(), pid, "adopted from an earlier manager");
+        let reason = match &run.check {
+            None => format!("adopted (pid {pid}) from an earlier manager"),
+            Some(kind) => format!(
+                "adopted (pid {pid}) from an earlier manager; waiting for the first passing {} check",
+                check_name(kind)
+            ),
+        };
+        self.enter(Phase::Running(run), reason);
+    }
+
+    /// Records in `state.json` what a later manager needs, when that changed: the live
+    /// run, the restart count and bookkeeping, a restart waiting for its time. Called
+    /// after every step; costs a comparison unless something changed, and the write
+    /// itself happens on the file writer's thread.
+    fn persist(&mut self) {
+        let alive = match &self.phase {
+            Phase::Running(r) => Some(r.clone()),
+            phase => phase
+                .teardown()
+                .filter(|t| t.exit.is_none())
+                .map(|t| t.run.clone()),
+        };
+        let retry = match &self.phase {
+            Phase::Failed { retry: Some(r), .. } => Some(*r),
+            _ => None,
+        };
+        let key = PersistKey {
+            tracker: self.tracker.changes(),
+            run: alive.as_ref().map(|r| r.id),
+            restart_count: self.restart_count,
+            retry: retry.map(|r| r.wall),
+        };
+        if self.persisted == Some(key) {
+            return;
+        }
+        self.persisted = Some(key);
+        let run = alive.and_then(|r| self.run_record(&r));
+        let mut restarts = self
+            .tracker
+            .snapshot(Instant::now().into_std(), SystemTime::now());
+        if let Some(r) = retry {
+            restarts.next_start_at_ms = Some(unix_ms(r.wall));
+            restarts.trial = r.trial;
+        }
+        let clean = restarts.circuit == Circuit::Closed.as_str()
+            && restarts.next_start_at_ms.is_none()
+            && restarts
+                .budgets
+                .iter()
+                .all(|b| b.consecutive == 0 && b.recent_ms.is_empty());
+        let restart_count = self.restart_count;
+        self.ctx.durable.update(self.id(), move |rec| {
+            rec.run = run;
+            rec.restart_count = restart_count;
+            rec.restarts = (!clean).then_some(restarts);
+        });
+    }
+
+    /// What `state.json` keeps of a live run; `None` without a start time (such a run
+    /// could never be told from a later process with its PID).
+    fn run_record(&mut self, r: &Run) -> Option<RunRecord> {
+        let start_time = r.start_time?;
+        let def = &self.def;
+        let definition = self
+            .def_json
+            .get_or_insert_with(|| Arc::new(serde_json::to_value(def).unwrap_or_default()))
+            .clone();
+        Some(RunRecord {
+            pid: r.pid,
+            start_time,
+            boot_id: self.ctx.boot_id.clone(),
+            started_at_ms: unix_ms(r.started_at),
+            port: r.port,
+            executable: self.control.executable.clone(),
+            stop_signal: self.control.stop_signal.name().to_owned(),
+            graceful_timeout_ms: self.control.graceful_timeout.as_millis() as u64,
+            definition: (*definition).clone(),
+        })
+    }
+
     fn remove_cgroup(&mut self) {
         self.cgroup_kept = false;
         if let Some(Ok(Some(cg))) = self.ctx.cgroups.as_ref().map(|a| a.open(self.id())) {
@@ -925,6 +1222,15 @@ impl Supervisor {
                 deadline,
                 reply,
             } => self.request_end(why, deadline, reply, now),
+            Command::Detach { reply } => {
+                self.release_throttle();
+                if let Some((_, checker)) = self.checker.take() {
+                    checker.abort();
+                }
+                self.detached = true;
+                self.ended = true;
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -1015,6 +1321,7 @@ impl Supervisor {
 
     fn request_end(&mut self, why: Ending, deadline: Instant, reply: Reply, now: Instant) {
         self.gate = None;
+        self.removed = why == Ending::Removed;
         if let Phase::Waiting(_) = &self.phase {
             self.enter(Phase::Stopped { leftovers: None }, why.reason());
         }
@@ -1078,7 +1385,11 @@ impl Supervisor {
                 let decision = self
                     .tracker
                     .on_exit(now.into_std(), Trigger::Exit, exit.success());
-                let what = exit.to_string();
+                let what = if r.adopted {
+                    "exited (adopted from an earlier manager: its exit status is unknown)".into()
+                } else {
+                    exit.to_string()
+                };
                 let leftovers = self.leftovers_of(r, Some(exit), &what, now);
                 self.fail_or_stop(decision, what, leftovers, now);
             }
@@ -1675,6 +1986,8 @@ impl Supervisor {
             self.tracker = RestartTracker::new(control.restart_policy, control.restart.clone());
             let deps_changed = def.depends_on != self.def.depends_on;
             self.def = def;
+            self.def_json = None;
+            self.persisted = None;
             self.control = control;
             if deps_changed {
                 self.watch_deps();
@@ -1716,6 +2029,7 @@ impl Supervisor {
         match self.ctx.platform.spawn(spec) {
             Ok(spawned) => {
                 let pid = spawned.pid;
+                let start_time = self.ctx.platform.start_time(pid);
                 self.emit(EventKind::Spawned { pid });
                 self.runs += 1;
                 let run = RunId(self.runs);
@@ -1747,6 +2061,8 @@ impl Supervisor {
                     check,
                     port,
                     cgroup,
+                    start_time,
+                    adopted: false,
                 };
                 self.run_limits = Some((run.id, run_limits));
                 let hc = &self.def.health_check;
@@ -2175,14 +2491,14 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let (pid, started_at, run) = match &self.phase {
-            Phase::Running(r) => (Some(r.pid), Some(r.started_at), Some(r.id)),
+        let (pid, started_at, run, adopted) = match &self.phase {
+            Phase::Running(r) => (Some(r.pid), Some(r.started_at), Some(r.id), r.adopted),
             // The main process is shown while it lives; once it has exited the PID is
             // no longer its, even if members of its tree are still being stopped.
             Phase::Stopping(t) if t.exit.is_none() => {
-                (Some(t.run.pid), Some(t.run.started_at), None)
+                (Some(t.run.pid), Some(t.run.started_at), None, t.run.adopted)
             }
-            _ => (None, None, None),
+            _ => (None, None, None, false),
         };
         let next_restart_at = match &self.phase {
             Phase::Failed { retry: Some(r), .. } => Some(r.wall),
@@ -2200,6 +2516,7 @@ impl Supervisor {
             circuit: self.tracker.circuit(),
             next_restart_at,
             resources: None,
+            adopted,
         };
         let health = match &self.phase {
             // Liveness: healthy while it runs, as the kernel has not reported an exit.
@@ -2380,6 +2697,29 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// Whether `def` differs from the definition a run was spawned with (as recorded). Only
+/// what the recording manager wrote is compared: a field it did not know of cannot have
+/// been set for that run, so a manager upgrade alone restarts nothing.
+fn definition_changed(recorded: &serde_json::Value, def: &ProcessDefinition) -> bool {
+    fn differs(old: &serde_json::Value, new: &serde_json::Value) -> bool {
+        match (old, new) {
+            (serde_json::Value::Object(o), serde_json::Value::Object(n)) => o
+                .iter()
+                .any(|(k, v)| n.get(k).is_none_or(|nv| differs(v, nv))),
+            _ => old != new,
+        }
+    }
+    if recorded.is_null() {
+        return false;
+    }
+    serde_json::to_value(def).is_ok_and(|now| differs(recorded, &now))
 }
 
 fn round_ms(d: Duration) -> Duration {

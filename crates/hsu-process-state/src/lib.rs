@@ -79,6 +79,16 @@ impl StateMachine {
         }
     }
 
+    /// A machine already in `state`: the state an earlier manager left the process in,
+    /// taken back without a move (no event).
+    pub fn restored(id: impl Into<String>, state: ProcessState, reason: impl Into<String>) -> Self {
+        StateMachine {
+            id: id.into(),
+            state,
+            reason: reason.into(),
+        }
+    }
+
     /// The id of the process this machine belongs to.
     pub fn id(&self) -> &str {
         &self.id

@@ -166,9 +166,22 @@ pub fn check_journal(events: &[Event]) -> Result<(), String> {
             return Err(format!("ts goes backwards: {} then {}", pair[0], pair[1]));
         }
     }
+    // After a manager restart, each process's first move may start anywhere: the new
+    // manager adopts a running process, or keeps a failed one failed, without a move.
+    let mut managers = 0;
     for e in events {
+        if e.kind == "manager_started" {
+            managers += 1;
+            if managers > 1 {
+                state.clear();
+            }
+        }
         let Some(id) = e.id.as_deref() else { continue };
-        let current = state.get(id).copied().unwrap_or("stopped");
+        let fresh = managers > 1 && !state.contains_key(id);
+        let current = match (state.get(id).copied(), e.str("from")) {
+            (None, Some(from)) if fresh => from,
+            (current, _) => current.unwrap_or("stopped"),
+        };
         match e.kind.as_str() {
             "state_changed" => {
                 let (from, to) = match (e.str("from"), e.str("to")) {

@@ -27,6 +27,8 @@ pub struct ProcessManager {
     started_at: Instant,
     /// Whether [`ProcessManager::failure`] already described this run.
     reported: bool,
+    /// Dropping leaves the run's processes alone (for the next manager to adopt).
+    leave_processes: bool,
 }
 
 impl ProcessManager {
@@ -149,6 +151,7 @@ impl ProcessManager {
             exit: None,
             started_at: Instant::now(),
             reported: false,
+            leave_processes: false,
         }
     }
 
@@ -398,7 +401,28 @@ impl ProcessManager {
                 let _ = child.wait();
             }
         }
-        kill_tagged(&self.run.tag_prefix());
+        if !self.leave_processes {
+            kill_tagged(&self.run.tag_prefix());
+        }
+    }
+
+    /// SIGKILLs the manager (as a crash or an OOM kill would) and lets go of it, leaving
+    /// its processes running for the next manager on the same base directory. Returns
+    /// the run, for that next manager.
+    pub fn kill_leaving_processes(mut self) -> TestRun {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(SHORT);
+        self.release_leaving_processes()
+    }
+
+    /// Lets go of a manager that has exited by itself leaving its processes running
+    /// (`shutdown --keep-processes`); returns the run, for the next manager.
+    pub fn release_leaving_processes(mut self) -> TestRun {
+        self.leave_processes = true;
+        // A killed manager leaves its `api.addr`: the next manager's is waited for, not
+        // this one's read.
+        let _ = std::fs::remove_file(self.run.base_dir.join("api.addr"));
+        self.run.clone()
     }
 }
 

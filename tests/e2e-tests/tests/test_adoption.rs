@@ -1,0 +1,387 @@
+//! Re-adoption (SPEC §6) and durable state: a manager killed with SIGKILL, then started
+//! again on the same base directory, supervises the very processes the first one started
+//! (same PIDs, no second copies, `adopted` in the journal); an adopted process is stopped
+//! with its whole tree and restarted by its policy when it dies; a recorded PID that now
+//! belongs to another program is never touched; a process stopped by hand stays stopped
+//! and an open breaker stays open; `shutdown --keep-processes` hands the processes and
+//! their output to the next manager; a corrupt `state.json` is set aside and reported.
+
+use e2e_tests::assertions::send_signal;
+use e2e_tests::log_parser::format_events;
+use e2e_tests::*;
+use serde_json::Value;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn state_json(run: &TestRun) -> Value {
+    let text = std::fs::read_to_string(run.base_dir.join("state.json")).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// The live processes whose tag is exactly that of process `id` in `run`.
+fn copies_of(run: &TestRun, id: &str) -> Vec<u32> {
+    let tag = format!("{}{id}", run.tag_prefix());
+    tagged_processes(&run.tag_prefix())
+        .into_iter()
+        .filter(|&pid| process_tag(pid).as_deref() == Some(tag.as_str()))
+        .collect()
+}
+
+/// Waits until `state.json` records a live run of each of `ids` (it is written in the
+/// background, right after the spawn).
+fn wait_recorded(run: &TestRun, ids: &[&str]) {
+    wait_for("state.json to record the runs", SHORT, || {
+        let s = state_json(run);
+        ids.iter()
+            .all(|id| s["processes"][id]["run"]["pid"].as_u64().is_some())
+    });
+}
+
+fn three_processes(extra_args: &[&str]) -> String {
+    let mut args = vec!["--run-duration", "0", "--spawn-children", "1"];
+    args.extend_from_slice(extra_args);
+    processes_config(&[
+        testexe_process(
+            "a",
+            &args,
+            "graceful_timeout: 5s\nrestart_policy: on_failure",
+        ),
+        testexe_process(
+            "b",
+            &args,
+            "graceful_timeout: 5s\nrestart_policy: on_failure",
+        ),
+        testexe_process("c", &args, "graceful_timeout: 5s\nrestart_policy: always"),
+    ])
+}
+
+/// Three processes, the manager SIGKILLed, a new manager: the same PIDs, no second
+/// copies, `adopted` events, status says adopted; then a stop leaves nothing of the
+/// adopted tree, a crash of an adopted process is restarted by its policy, and the
+/// shutdown leaves nothing.
+#[test]
+fn a_new_manager_adopts_what_the_killed_one_started() {
+    let config = three_processes(&[]);
+    let run = TestRun::new("e2e-test-adopt-sigkill");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let pids: Vec<u32> = ["a", "b", "c"]
+        .iter()
+        .map(|id| api.wait_running(id, SHORT))
+        .collect();
+    wait_for("each tree to have its child", SHORT, || {
+        ["a", "b", "c"]
+            .iter()
+            .all(|id| copies_of(pm.run(), id).len() == 2)
+    });
+    wait_recorded(pm.run(), &["a", "b", "c"]);
+    let run = pm.kill_leaving_processes();
+    assert_all_alive("the processes of the killed manager", &pids);
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    pm.wait_for_events("3 adopted", 3, SHORT, |e| e.kind == "adopted");
+    for (id, pid) in ["a", "b", "c"].iter().zip(&pids) {
+        let p = api.wait_process(id, "running", SHORT, |p| p["state"] == "running");
+        assert_eq!(p["pid"].as_u64(), Some(u64::from(*pid)), "{id}: {p}");
+        assert_eq!(p["adopted"], true, "{id}: {p}");
+        assert_eq!(
+            copies_of(pm.run(), id).len(),
+            2,
+            "{id}: one main process and its child, no second copy"
+        );
+    }
+    let adopted = pm.events();
+    assert!(
+        !adopted.iter().any(|e| e.kind == "spawned"
+            && e.ts_ms >= adopted.iter().find(|e| e.kind == "adopted").unwrap().ts_ms),
+        "nothing spawned by the new manager:\n{}",
+        format_events(&adopted)
+    );
+    let out = pm.cli(&["status", "a"]);
+    out.expect_success();
+    assert!(out.stdout.contains("adopted: yes"), "{}", out.stdout);
+
+    // A stop of an adopted process leaves nothing of its tree.
+    let tree_a = copies_of(pm.run(), "a");
+    expect_json("stop a", &api.post("/api/v1/processes/a/stop"), 202);
+    assert_all_gone("a's adopted tree after its stop", &tree_a, SHORT);
+
+    // An adopted process that dies is restarted by its policy (its exit status is
+    // unknown: it counts as a failure).
+    send_signal(pids[1], libc::SIGKILL);
+    let p = api.wait_process("b", "restarted with a new pid", LONG, |p| {
+        p["state"] == "running"
+            && p["pid"]
+                .as_u64()
+                .is_some_and(|pid| pid != u64::from(pids[1]))
+    });
+    assert_eq!(p["adopted"], false, "{p}");
+    pm.wait_for_event("b's restart_scheduled", SHORT, |e| {
+        e.is_kind("b", "restart_scheduled")
+    });
+    pm.shutdown_cleanly(LONG);
+}
+
+/// A PID recorded in `state.json` that now belongs to another program (a different
+/// start time) is never signalled nor adopted: the process is started afresh.
+#[test]
+fn a_reused_pid_is_left_alone() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-reused-pid");
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = stranger.id();
+    std::fs::create_dir_all(&run.base_dir).unwrap();
+    let state = serde_json::json!({
+        "version": 1,
+        "processes": {"svc": {"desired": "running", "run": {
+            "pid": pid, "start_time": 1, "boot_id": std::fs::read_to_string(
+                "/proc/sys/kernel/random/boot_id").unwrap().trim(),
+            "started_at_ms": 1, "executable": "/bin/sleep",
+            "stop_signal": "SIGTERM", "graceful_timeout_ms": 1000}}}
+    });
+    std::fs::write(run.base_dir.join("state.json"), state.to_string()).unwrap();
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let started = api.wait_running("svc", SHORT);
+    assert_ne!(started, pid, "a fresh svc, not the stranger");
+    assert!(
+        pid_alive(pid),
+        "the stranger with the recorded PID is untouched"
+    );
+    assert!(
+        !pm.events().iter().any(|e| e.kind == "adopted"),
+        "nothing adopted"
+    );
+    pm.shutdown_cleanly(LONG);
+    assert!(
+        pid_alive(pid),
+        "the stranger outlives the manager's shutdown"
+    );
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+/// Stopped by hand, then the manager killed: the next manager leaves it stopped. A
+/// breaker that opened stays open (failed, circuit open, nothing spawned).
+#[test]
+fn a_hand_stop_and_an_open_breaker_survive_the_manager() {
+    let config = processes_config(&[
+        testexe_process(
+            "held",
+            &["--run-duration", "0"],
+            "graceful_timeout: 5s\nrestart_policy: on_failure",
+        ),
+        testexe_process(
+            "crashy",
+            &["--crash-after", "0.05"],
+            "graceful_timeout: 5s\nrestart_policy: on_failure\nrestart:\n  retry_delay: 50ms\n  \
+             max_retries: 2\n  window: 10m\n  cooldown: 0s",
+        ),
+    ]);
+    let run = TestRun::new("e2e-test-adopt-held-and-open");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    api.wait_running("held", SHORT);
+    api.act("held", "stop");
+    api.wait_process("crashy", "breaker open", LONG, |p| {
+        p["state"] == "failed" && p["circuit"] == "open"
+    });
+    wait_for("state.json to record the breaker", SHORT, || {
+        state_json(pm.run())["processes"]["crashy"]["restarts"]["circuit"] == "open"
+    });
+    let restarts = api.process("crashy")["restart_count"].as_u64().unwrap();
+    let run = pm.kill_leaving_processes();
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let crashy = api.process("crashy");
+    assert_eq!(crashy["state"], "failed", "{crashy}");
+    assert_eq!(crashy["circuit"], "open", "{crashy}");
+    assert_eq!(crashy["restart_count"].as_u64(), Some(restarts), "{crashy}");
+    // An observation window: for 2 s nothing of either is started.
+    let moved = poll_until(Duration::from_secs(2), || {
+        let held = api.process("held");
+        let crashy = api.process("crashy");
+        (held["state"] != "stopped" || crashy["state"] != "failed").then_some((held, crashy))
+    });
+    assert!(moved.is_none(), "the new manager started one: {moved:?}");
+    let since_restart = pm.events();
+    let restart_at = since_restart
+        .iter()
+        .rev()
+        .find(|e| e.kind == "manager_started")
+        .unwrap()
+        .seq;
+    assert!(
+        !since_restart
+            .iter()
+            .any(|e| e.seq > restart_at && e.kind == "spawned"),
+        "nothing spawned:\n{}",
+        format_events(&since_restart)
+    );
+    // A start by hand still works, and closes the breaker.
+    api.act("held", "start");
+    api.wait_running("held", SHORT);
+    pm.shutdown_cleanly(LONG);
+}
+
+/// The upgrade path: `shutdown --keep-processes` exits the manager with every process
+/// running; the next manager adopts the same PIDs, and the output written while no
+/// manager ran reaches the capture file, in order, nothing lost.
+#[test]
+fn keep_processes_hands_over_processes_and_output() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0", "--print-every", "10"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-upgrade");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let pid = api.wait_running("svc", SHORT);
+    wait_recorded(pm.run(), &["svc"]);
+    let out = pm.cli(&["shutdown", "--keep-processes"]);
+    out.expect_success();
+    let status = pm.wait_exit(LONG);
+    assert_eq!(status.code(), Some(0), "the manager exits cleanly");
+    pm.wait_for_event("manager_stopped", SHORT, |e| {
+        e.kind == "manager_stopped" && e.str("reason").is_some_and(|r| r.contains("left running"))
+    });
+    let run = pm.release_leaving_processes();
+    assert!(pid_alive(pid), "svc keeps running without a manager");
+    let capture = run.output_log("svc", "stdout");
+    let lines_at_exit = std::fs::read_to_string(&capture)
+        .unwrap_or_default()
+        .lines()
+        .count();
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    pm.wait_for_event("adopted", SHORT, |e| e.kind == "adopted");
+    let p = api.wait_process("svc", "running", SHORT, |p| p["state"] == "running");
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(pid)), "{p}");
+    wait_for("output after the handover", LONG, || {
+        std::fs::read_to_string(&capture)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            > lines_at_exit + 50
+    });
+    pm.shutdown_cleanly(LONG);
+    let text = std::fs::read_to_string(&capture).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("stdout line ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .collect();
+    assert!(numbers.len() > lines_at_exit, "{} lines", numbers.len());
+    for pair in numbers.windows(2) {
+        assert_eq!(
+            pair[1],
+            pair[0] + 1,
+            "lines lost or out of order across the handover"
+        );
+    }
+    assert_eq!(numbers[0], 1);
+}
+
+/// A `state.json` that is not JSON: reported, set aside, and the processes start.
+#[test]
+fn a_corrupt_state_file_is_set_aside() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-corrupt-state");
+    std::fs::create_dir_all(&run.base_dir).unwrap();
+    std::fs::write(
+        run.base_dir.join("state.json"),
+        b"{\"processes\": {\"svc\": {\"run\"",
+    )
+    .unwrap();
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    api.wait_running("svc", SHORT);
+    let alert = pm.wait_for_event("an alert about state.json", SHORT, |e| {
+        e.kind == "alert" && e.str("message").is_some_and(|m| m.contains("state.json"))
+    });
+    let kept: Vec<String> = std::fs::read_dir(&pm.run().base_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "set aside once: {kept:?}; {alert}");
+    wait_recorded(pm.run(), &["svc"]);
+    pm.shutdown_cleanly(LONG);
+}
+
+/// Two managers started at once on one base directory: exactly one runs, the other
+/// exits naming the holder's PID, and the process runs once.
+#[test]
+fn two_managers_racing_for_one_base_directory() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-race");
+    run.write_config(&config);
+    let mut racer = std::process::Command::new(&binaries().manager)
+        .args(["--config", &run.config_path.display().to_string()])
+        .args(["--base-dir", &run.base_dir.display().to_string()])
+        .current_dir(&run.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(run.path("racer.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let racer_lost = wait_until("one of the two managers to give up", LONG, || {
+        if let Ok(Some(status)) = racer.try_wait() {
+            return Some(Some(status));
+        }
+        (!pm.is_running()).then_some(None)
+    });
+    match racer_lost {
+        Some(status) => {
+            let log = std::fs::read_to_string(pm.run().path("racer.log")).unwrap();
+            assert!(!status.success(), "the loser fails: {log}");
+            assert!(
+                log.contains(&pm.pid().to_string()),
+                "names the holder: {log}"
+            );
+            let api = pm.api();
+            api.wait_running("svc", SHORT);
+            assert_eq!(copies_of(pm.run(), "svc").len(), 1, "one svc");
+            pm.shutdown_cleanly(LONG);
+        }
+        None => {
+            let log = pm.run().procman_log();
+            assert!(!pm.poll_exit().unwrap().success());
+            assert!(
+                log.contains(&racer.id().to_string()),
+                "names the holder: {log}"
+            );
+            wait_for("the winner's svc", SHORT, || {
+                copies_of(pm.run(), "svc").len() == 1
+            });
+            send_signal(racer.id(), libc::SIGTERM);
+            let status = racer.wait().unwrap();
+            assert_eq!(status.code(), Some(0), "the winner exits cleanly");
+            assert!(copies_of(pm.run(), "svc").is_empty(), "nothing left");
+        }
+    }
+}
