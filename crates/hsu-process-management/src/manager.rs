@@ -223,6 +223,9 @@ impl ProcessManager {
                 entries.push(entry);
             }
         }
+        // After the entries are in place (status answers for every configured process),
+        // before anything starts.
+        self.kill_strays();
         let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
         let mut work = JoinSet::new();
         for handle in leftovers {
@@ -234,6 +237,61 @@ impl ProcessManager {
         }
         work.spawn(start_all(to_start, "started with the manager"));
         while work.join_next().await.is_some() {}
+    }
+
+    /// Kills what is left of trees an earlier manager started on this base directory and
+    /// that no recorded run accounts for: members of a run whose main process died while
+    /// no manager ran, or a run spawned just before that manager was killed, before its
+    /// record reached the disk. Nothing supervises them and nothing ever would: they are
+    /// orphans, and the manager leaves none. Runs to be adopted keep their whole tree.
+    fn kill_strays(&self) {
+        let durable = &self.inner.durable;
+        let boot = &self.inner.ctx.boot_id;
+        let adoptable: std::collections::HashSet<String> = durable
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                durable.record(id).and_then(|r| r.run).is_some_and(|run| {
+                    run.boot_id.is_some()
+                        && run.boot_id == *boot
+                        && self.inner.ctx.platform.start_time(run.pid) == Some(run.start_time)
+                })
+            })
+            .map(|id| self.inner.ctx.tag(&id))
+            .collect();
+        let prefix = self.inner.ctx.tag("");
+        let strays: Vec<(u32, String)> = hsu_process::tagged_under(&prefix)
+            .into_iter()
+            .filter(|(_, tag)| !adoptable.contains(tag))
+            .collect();
+        for (pid, tag) in &strays {
+            let id = tag.strip_prefix(&prefix).unwrap_or(tag);
+            tracing::warn!(
+                id,
+                pid,
+                "left by an earlier manager and not adoptable (no record of its run): killed"
+            );
+            hsu_process::signal_process(*pid, hsu_common::StopSignal::Kill);
+        }
+        if !strays.is_empty() {
+            self.inner.events.emit(
+                None,
+                EventKind::Alert {
+                    message: format!(
+                        "{} processes left by an earlier manager could not be adopted and were killed: {}",
+                        strays.len(),
+                        strays
+                            .iter()
+                            .map(|(pid, tag)| format!(
+                                "{} (pid {pid})",
+                                tag.strip_prefix(&prefix).unwrap_or(tag)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            );
+        }
     }
 
     /// A supervisor for the recorded run of `id`, a process no longer configured: it

@@ -242,6 +242,13 @@ pub fn start_time(pid: u32) -> Option<u64> {
     platform::start_time(pid)
 }
 
+/// Every live process whose owner tag (see [`TAG_ENV`]) starts with `prefix`, with its
+/// tag: what a manager finds of the trees an earlier one left. Reads every process's
+/// environment: once at start, never on a timer.
+pub fn tagged_under(prefix: &str) -> Vec<(u32, String)> {
+    platform::tagged_under(prefix)
+}
+
 /// This boot's identity: start times compare only within one boot.
 pub fn boot_id() -> Option<String> {
     platform::boot_id()

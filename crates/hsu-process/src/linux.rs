@@ -757,6 +757,24 @@ pub fn tagged(tag: &str) -> Vec<u32> {
     out
 }
 
+/// Every live process whose tag starts with `prefix`, with its tag.
+pub fn tagged_under(prefix: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out: Vec<(u32, String)> = table()
+        .into_iter()
+        .filter(|r| !r.zombie && r.pid != me)
+        .filter_map(|r| {
+            let env = procfs::process::Process::new(r.pid as i32)
+                .and_then(|p| p.environ())
+                .ok()?;
+            let tag = env.get(std::ffi::OsStr::new(TAG_ENV))?.to_str()?;
+            tag.starts_with(prefix).then(|| (r.pid, tag.to_owned()))
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Whether the manager is a child subreaper (see [`become_subreaper`]).
 pub fn is_subreaper() -> bool {
     SUBREAPER.load(Ordering::Relaxed)

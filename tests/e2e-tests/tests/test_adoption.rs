@@ -385,3 +385,133 @@ fn two_managers_racing_for_one_base_directory() {
         }
     }
 }
+
+/// The config changed while no manager ran: the adopted run of a changed process is
+/// restarted with its new definition, a process no longer configured is stopped (its
+/// tree gone, its record dropped), an unchanged one keeps its PID.
+#[test]
+fn changes_made_while_no_manager_ran_are_applied() {
+    let entry = |id: &str, args: &[&str]| {
+        testexe_process(id, args, "graceful_timeout: 5s\nrestart_policy: on_failure")
+    };
+    let before = processes_config(&[
+        entry("same", &["--run-duration", "0"]),
+        entry("changed", &["--run-duration", "0"]),
+        entry("gone", &["--run-duration", "0", "--spawn-children", "1"]),
+    ]);
+    let after = processes_config(&[
+        entry("same", &["--run-duration", "0"]),
+        entry("changed", &["--run-duration", "0", "--open-fds", "3"]),
+    ]);
+    let run = TestRun::new("e2e-test-adopt-changed");
+    let mut pm = ProcessManager::start_with_args(run, &before, &[]);
+    let api = pm.api();
+    let same = api.wait_running("same", SHORT);
+    let changed = api.wait_running("changed", SHORT);
+    api.wait_running("gone", SHORT);
+    wait_for("gone's child", SHORT, || {
+        copies_of(pm.run(), "gone").len() == 2
+    });
+    let gone_tree = copies_of(pm.run(), "gone");
+    wait_recorded(pm.run(), &["same", "changed", "gone"]);
+    let run = pm.kill_leaving_processes();
+
+    let mut pm = ProcessManager::start_with_args(run, &after, &[]);
+    let api = pm.api();
+    assert_all_gone(
+        "the tree of a process no longer configured",
+        &gone_tree,
+        LONG,
+    );
+    let p = api.wait_process("changed", "running its new definition", LONG, |p| {
+        p["state"] == "running" && p["pid"].as_u64().is_some_and(|p| p != u64::from(changed))
+    });
+    let new_pid = p["pid"].as_u64().unwrap() as u32;
+    assert!(
+        cmdline(new_pid).contains("--open-fds 3"),
+        "{}",
+        cmdline(new_pid)
+    );
+    assert!(!pid_alive(changed), "the old run of `changed` is gone");
+    pm.wait_for_event("the restart's reason", SHORT, |e| {
+        e.is_transition("changed", "running", "stopping")
+            && e.str("reason")
+                .is_some_and(|r| r.contains("definition changed"))
+    });
+    let p = api.process("same");
+    assert_eq!(p["pid"].as_u64(), Some(u64::from(same)), "{p}");
+    assert_eq!(p["adopted"], true, "{p}");
+    wait_for("gone's record dropped", SHORT, || {
+        let s = state_json(pm.run());
+        s["processes"].is_object() && s["processes"]["gone"].is_null()
+    });
+    pm.shutdown_cleanly(LONG);
+}
+
+/// An adopted integrated process keeps its port: it is health-checked over gRPC there and
+/// stopped through its Shutdown call.
+#[test]
+fn an_adopted_integrated_process_keeps_its_port() {
+    let config = processes_config(&[testexe_process(
+        "core",
+        &["--run-duration", "0"],
+        "graceful_timeout: 5s\nport_argument: --port",
+    )
+    .replace("type: standard_managed", "type: integrated_managed")]);
+    let run = TestRun::new("e2e-test-adopt-integrated");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let p = api.wait_process("core", "healthy", LONG, |p| {
+        p["state"] == "running" && p["health"]["status"] == "healthy"
+    });
+    let pid = p["pid"].as_u64().unwrap();
+    wait_recorded(pm.run(), &["core"]);
+    let run = pm.kill_leaving_processes();
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let p = api.wait_process("core", "adopted and healthy over gRPC", LONG, |p| {
+        p["state"] == "running" && p["health"]["status"] == "healthy"
+    });
+    assert_eq!(p["pid"].as_u64(), Some(pid), "{p}");
+    assert_eq!(p["health"]["check"], "grpc", "{p}");
+    expect_json("stop core", &api.post("/api/v1/processes/core/stop"), 202);
+    let out = std::fs::read_to_string(pm.run().output_log("core", "stdout")).unwrap_or_default();
+    assert!(out.contains("shutdown via rpc"), "{out}");
+    pm.shutdown_cleanly(LONG);
+}
+
+/// A tree left by a killed manager that no record accounts for (here: `state.json` lost
+/// with it) is killed, not left running beside a fresh copy.
+#[test]
+fn an_unrecorded_tree_is_not_left_beside_a_fresh_copy() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0", "--spawn-children", "1"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-stray");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    api.wait_running("svc", SHORT);
+    wait_for("svc's child", SHORT, || {
+        copies_of(pm.run(), "svc").len() == 2
+    });
+    let old_tree = copies_of(pm.run(), "svc");
+    wait_recorded(pm.run(), &["svc"]);
+    let run = pm.kill_leaving_processes();
+    std::fs::remove_file(run.base_dir.join("state.json")).unwrap();
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    assert_all_gone("the unrecorded tree", &old_tree, SHORT);
+    let pid = api.wait_running("svc", SHORT);
+    assert!(!old_tree.contains(&pid));
+    wait_for("one fresh tree", SHORT, || {
+        copies_of(pm.run(), "svc").len() == 2
+    });
+    pm.wait_for_event("an alert naming svc", SHORT, |e| {
+        e.kind == "alert" && e.str("message").is_some_and(|m| m.contains("svc (pid"))
+    });
+    pm.shutdown_cleanly(LONG);
+}
