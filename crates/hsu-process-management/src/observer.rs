@@ -109,6 +109,7 @@ impl ObserverHandle {
             phase: Phase::NotFound,
             sightings: 0,
             next_look: None,
+            ended: None,
             limits,
             alerts: BTreeMap::new(),
             alerts_total: 0,
@@ -198,6 +199,8 @@ struct Observer {
     sightings: u64,
     /// When to look next, while not found and no look is in flight.
     next_look: Option<Instant>,
+    /// The PID of the last sighting, once it has ended (the reason keeps saying so).
+    ended: Option<u32>,
     /// The configured limits, if any.
     limits: Option<rl::Limits>,
     health: HealthTracker,
@@ -282,8 +285,11 @@ impl Observer {
             return;
         }
         let Some((pid, started)) = found else {
-            self.machine
-                .set_reason(format!("not found: {}", missing(&self.discovery.method)));
+            let missing = missing(&self.discovery.method);
+            self.machine.set_reason(match self.ended {
+                Some(pid) => format!("pid {pid} ended; not found since: {missing}"),
+                None => format!("not found: {missing}"),
+            });
             self.look_later();
             return;
         };
@@ -302,6 +308,7 @@ impl Observer {
             }
         };
         self.sightings += 1;
+        self.ended = None;
         let run = RunId(self.sightings);
         let internal = self.internal.clone();
         let waiter = tokio::spawn(async move {
@@ -349,6 +356,7 @@ impl Observer {
         }
         let pid = s.pid;
         self.end_sighting();
+        self.ended = Some(pid);
         let why = format!(
             "pid {pid} ended; looking for it by {} every {}",
             describe(&self.discovery.method),
