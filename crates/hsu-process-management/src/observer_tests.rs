@@ -1,7 +1,7 @@
 //! The observer of an unmanaged process against real processes: found by the PID file a
 //! daemon writes, its end seen at once, found again under a new PID, a failing check
-//! reported only, start/stop/restart refused, and the process left running by a
-//! reload and a shutdown.
+//! reported only, start/stop/restart refused, the process left running by a reload
+//! and a shutdown, and a dependent started once it is found.
 
 use crate::{ManagerOptions, ProcessManager};
 use hsu_common::{EventKind, EventSink, ProcessState, StopSignal};
@@ -106,9 +106,9 @@ async fn wait_status(
 ) -> ProcessStatus {
     let end = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = manager.status(id).unwrap();
-        if cond(&s) {
-            return s;
+        let s = manager.status(id);
+        if let Some(s) = s.as_ref().filter(|s| cond(s)) {
+            return s.clone();
         }
         assert!(std::time::Instant::now() < end, "{what}: {s:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -218,4 +218,59 @@ async fn an_unmanaged_process_is_found_followed_and_never_touched() {
         format!("no longer observed (the manager shuts down); pid {second} is left running")
     );
     hsu_process::signal_process(second, StopSignal::Kill);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_starts_once_its_unmanaged_dependency_is_found() {
+    use hsu_managed_process::{ControlSpec, Dependency, DependencyCondition};
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("db.pid");
+    let events = Arc::new(Recorder::default());
+    let manager = ProcessManager::new(
+        ManagerOptions {
+            base_directory: dir.path().join("base"),
+            log_directory: dir.path().join("base/logs"),
+            force_shutdown_timeout: Duration::from_secs(5),
+            resource_sample_interval: Duration::from_secs(1),
+        },
+        events.clone(),
+    )
+    .unwrap();
+    let mut control = ControlSpec::new("sleep", dir.path());
+    control.arguments = vec!["600".into()];
+    control.graceful_timeout = Duration::from_secs(2);
+    let app = ProcessDefinition {
+        process_type: ProcessType::StandardManaged,
+        control: Some(control),
+        discovery: None,
+        health_check: HealthCheckSpec::default(),
+        depends_on: vec![Dependency {
+            id: "db".into(),
+            condition: DependencyCondition::Started,
+            timeout: None,
+            propagate_restart: false,
+        }],
+        ..unmanaged("app", &pid_file, HealthCheckKind::Process)
+    };
+    let db = unmanaged("db", &pid_file, HealthCheckKind::Process);
+    let launch = {
+        let manager = manager.clone();
+        tokio::spawn(async move { manager.launch(vec![db, app]).await })
+    };
+    let s = wait_status(&manager, "app", "waiting for db", |s| {
+        s.reason.contains("waiting for db")
+    })
+    .await;
+    assert_eq!(s.pid, None, "{s:?}");
+    let outside = daemon(&pid_file);
+    wait_status(&manager, "db", "found", |s| s.pid == Some(outside)).await;
+    let s = wait_status(&manager, "app", "started", |s| {
+        s.state == ProcessState::Running
+    })
+    .await;
+    assert!(s.pid.is_some(), "{s:?}");
+    launch.await.unwrap();
+    manager.shutdown("test").await;
+    assert!(hsu_process::is_alive(outside));
+    hsu_process::signal_process(outside, StopSignal::Kill);
 }
