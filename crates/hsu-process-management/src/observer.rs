@@ -146,11 +146,6 @@ impl ObserverHandle {
         self.status.clone()
     }
 
-    /// Whether both handles are of the same observer task.
-    pub fn same_observer(&self, other: &ObserverHandle) -> bool {
-        self.status.same_channel(&other.status)
-    }
-
     /// Hands a resource sample of sighting `run`'s tree to the observer.
     pub fn report_usage(&self, run: RunId, sample: rl::Sample) {
         let _ = self.messages.send(Message::Usage { run, sample });
