@@ -19,6 +19,10 @@
 //! a made-up platform under a paused clock. File writes that sync (PID files,
 //! `state.json`) go to a background writer thread, never onto the runtime's workers.
 //!
+//! An unmanaged process gets an observer instead ([`observer`]): it finds the process
+//! by PID file, name or port, learns of its end from the kernel, and reports (state,
+//! health, resource findings) without ever starting, signalling or stopping it.
+//!
 //! `docs/architecture.md` has the table of what each input does in each state.
 //!
 //! The layers above (the control API) come in through one door, [`facade::ManagerFacade`]:
@@ -34,6 +38,7 @@ pub mod facade;
 pub mod lifecycle;
 pub mod limits;
 pub mod manager;
+pub mod observer;
 pub mod platform;
 pub mod process_control_impl;
 
@@ -45,7 +50,10 @@ pub use facade::{
 #[cfg(test)]
 mod fake_platform;
 #[cfg(test)]
+mod observer_tests;
+#[cfg(test)]
 mod supervisor_tests;
 
 pub use manager::{ManagerError, ManagerOptions, ProcessManager, ReloadDiff};
+pub use observer::ObserverHandle;
 pub use process_control_impl::ProcessHandle;

@@ -1,6 +1,7 @@
 //! The `ProcessManager`: owns one supervisor per process, the orphan reaper, live reload
 //! and the shutdown of everything. Cheap to clone; every clone is the same manager.
 
+use crate::observer::ObserverHandle;
 use crate::platform::{OsPlatform, Platform};
 use crate::process_control_impl::{Context, Ending, ProcessHandle, RunId};
 use hsu_common::{EventKind, EventSink, ProcessState};
@@ -33,6 +34,9 @@ pub struct ManagerOptions {
 
 enum Supervision {
     Managed(ProcessHandle),
+    /// An unmanaged process, found and watched by its observer (never started,
+    /// stopped or signalled).
+    Observed(ObserverHandle),
     /// Not supervised by a task: disabled (until started by hand), or unmanaged.
     Idle(ProcessStatus),
 }
@@ -356,7 +360,7 @@ impl ProcessManager {
             .find(|e| e.def.id == id)
             .and_then(|e| match &e.supervision {
                 Supervision::Managed(h) => Some(h.clone()),
-                Supervision::Idle(_) => None,
+                Supervision::Observed(_) | Supervision::Idle(_) => None,
             })
     }
 
@@ -398,17 +402,47 @@ impl ProcessManager {
                     .then(|| self.inner.durable.record(&def.id))
                     .flatten(),
             )),
-            None if def.process_type.is_managed() => {
+            None if def.process_type.is_managed() || !def.enabled => {
                 Supervision::Idle(idle(&def, "disabled in the config"))
             }
-            None => Supervision::Idle(idle(
-                &def,
-                "unmanaged: observed only; discovery is not available in this version",
-            )),
+            None => match &def.discovery {
+                Some(discovery) => Supervision::Observed(ObserverHandle::spawn(
+                    def.clone(),
+                    discovery.clone(),
+                    self.inner.ctx.clone(),
+                )),
+                // Validation requires a discovery for every unmanaged process.
+                None => Supervision::Idle(idle(&def, "unmanaged, with no discovery configured")),
+            },
         };
         Entry {
             def: Arc::new(def),
             supervision,
+        }
+    }
+
+    /// [`Self::supervise`] for a changed definition of the observed process `previous`:
+    /// a new observer begins once `previous` has ended, so the journal has the old
+    /// observation's end before the new one's start; anything else begins at once.
+    fn supervise_after(&self, def: ProcessDefinition, previous: ObserverHandle) -> Entry {
+        const WHY: &str = "its definition changed";
+        match &def.discovery {
+            Some(discovery) if !def.process_type.is_managed() && def.enabled => {
+                let observer = ObserverHandle::spawn_after(
+                    def.clone(),
+                    discovery.clone(),
+                    self.inner.ctx.clone(),
+                    Some((previous, WHY)),
+                );
+                Entry {
+                    def: Arc::new(def),
+                    supervision: Supervision::Observed(observer),
+                }
+            }
+            _ => {
+                tokio::spawn(async move { previous.end(WHY).await });
+                self.supervise(def)
+            }
         }
     }
 
@@ -484,7 +518,9 @@ impl ProcessManager {
             .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
         match &entry.supervision {
             Supervision::Managed(h) => Ok(Some(h.clone())),
-            Supervision::Idle(_) if !entry.def.process_type.is_managed() => {
+            Supervision::Observed(_) | Supervision::Idle(_)
+                if !entry.def.process_type.is_managed() =>
+            {
                 Err(ControlError::Conflict {
                     id: id.to_owned(),
                     message:
@@ -492,6 +528,8 @@ impl ProcessManager {
                             .into(),
                 })
             }
+            // Only unmanaged processes are observed.
+            Supervision::Observed(_) => Ok(None),
             Supervision::Idle(_) => match (&entry.def.control, create) {
                 (Some(control), true) => {
                     let h = ProcessHandle::spawn(
@@ -688,14 +726,28 @@ impl ProcessManager {
                         to_start.extend(self.to_start(&entry));
                         entries.push(entry);
                     }
+                    // The old observer ends (its process untouched); what the new
+                    // definition asks for starts now.
+                    (Supervision::Observed(o), _) => {
+                        let entry = self.supervise_after(def, o);
+                        to_start.extend(self.to_start(&entry));
+                        entries.push(entry);
+                    }
                 }
             }
             for entry in old {
                 diff.removed.push(entry.def.id.clone());
-                if let Supervision::Managed(h) = &entry.supervision {
-                    // Stays listed while its tree is stopped.
-                    ending.push((h.clone(), None));
-                    entries.push(entry);
+                match &entry.supervision {
+                    Supervision::Managed(h) => {
+                        // Stays listed while its tree is stopped.
+                        ending.push((h.clone(), None));
+                        entries.push(entry);
+                    }
+                    Supervision::Observed(o) => {
+                        let o = o.clone();
+                        work.spawn(async move { o.end("removed from the config").await });
+                    }
+                    Supervision::Idle(_) => {}
                 }
             }
         }
@@ -860,6 +912,7 @@ impl ProcessManager {
                 def: e.def.clone(),
                 supervision: match &e.supervision {
                     Supervision::Managed(h) => Supervision::Managed(h.clone()),
+                    Supervision::Observed(o) => Supervision::Observed(o.clone()),
                     Supervision::Idle(s) => Supervision::Idle(s.clone()),
                 },
             })
@@ -912,6 +965,10 @@ fn overview_of(e: &Entry, usage: &HashMap<String, Sample>) -> Overview {
             let p = h.watch().borrow().clone();
             (p.health, p.waiting_for, p.limits)
         }
+        Supervision::Observed(o) => {
+            let p = o.watch().borrow().clone();
+            (p.health, p.waiting_for, p.limits)
+        }
         Supervision::Idle(_) => (HealthReport::unknown(), Vec::new(), Default::default()),
     };
     Overview {
@@ -926,20 +983,30 @@ fn overview_of(e: &Entry, usage: &HashMap<String, Sample>) -> Overview {
 fn status_of(e: &Entry) -> ProcessStatus {
     match &e.supervision {
         Supervision::Managed(h) => h.status(),
+        Supervision::Observed(o) => o.status(),
         Supervision::Idle(s) => s.clone(),
     }
 }
 
 /// Ends the supervisors of `entries` (each stop bounded by `deadline`): dependents
-/// before what they depend on, independent branches in parallel.
+/// before what they depend on, independent branches in parallel. Observers of
+/// unmanaged processes just end: their processes are left running.
 async fn stop_all(entries: Vec<Entry>, graph: &HashMap<String, Vec<String>>, deadline: Instant) {
+    let mut observers = Vec::new();
     let handles = entries
         .into_iter()
         .filter_map(|e| match e.supervision {
             Supervision::Managed(h) => Some((e.def.id.clone(), h)),
+            Supervision::Observed(o) => {
+                observers.push(o);
+                None
+            }
             Supervision::Idle(_) => None,
         })
         .collect();
+    for o in observers {
+        o.end("the manager shuts down").await;
+    }
     stop_in_order(handles, graph, |handle| async move {
         handle.end(Ending::Shutdown, deadline).await
     })
@@ -1068,34 +1135,41 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        /// Who judges a tree's samples against its limits.
+        enum Judge {
+            Supervisor(ProcessHandle),
+            Observer(ObserverHandle),
+        }
         struct Target {
             id: String,
             run: RunId,
             pid: u32,
             tag: String,
-            handle: ProcessHandle,
+            handle: Judge,
             judged: bool,
         }
         let targets: Vec<Target> = lock(&inner.entries)
             .iter()
-            .filter_map(|e| match &e.supervision {
-                Supervision::Managed(h) => {
-                    let (run, pid) = {
-                        let p = h.watch();
-                        let p = p.borrow();
-                        (p.run?, p.status.pid?)
-                    };
-                    let judged = e.def.control.as_ref().is_some_and(|c| !c.limits.is_empty());
-                    Some(Target {
-                        id: e.def.id.clone(),
-                        run,
-                        pid,
-                        tag: inner.ctx.tag(&e.def.id),
-                        handle: h.clone(),
-                        judged,
-                    })
-                }
-                Supervision::Idle(_) => None,
+            .filter_map(|e| {
+                let (published, handle) = match &e.supervision {
+                    Supervision::Managed(h) => (h.watch(), Judge::Supervisor(h.clone())),
+                    // An unmanaged process's tree, while its observer has it in sight.
+                    Supervision::Observed(o) => (o.watch(), Judge::Observer(o.clone())),
+                    Supervision::Idle(_) => return None,
+                };
+                let (run, pid) = {
+                    let p = published.borrow();
+                    (p.run?, p.status.pid?)
+                };
+                let judged = e.def.control.as_ref().is_some_and(|c| !c.limits.is_empty());
+                Some(Target {
+                    id: e.def.id.clone(),
+                    run,
+                    pid,
+                    tag: inner.ctx.tag(&e.def.id),
+                    handle,
+                    judged,
+                })
             })
             .collect();
         probes.retain(|id, (run, _)| targets.iter().any(|t| &t.id == id && t.run == *run));
@@ -1115,17 +1189,25 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
             })
             .collect();
         let area = inner.ctx.cgroups.clone();
-        let keys: Vec<(String, RunId, u32, String)> = targets
+        // An observed process is in no cgroup of the manager's (one of an earlier
+        // managed definition of the same id may still exist): its tree is walked.
+        let keys: Vec<(String, RunId, u32, String, bool)> = targets
             .iter()
-            .map(|t| (t.id.clone(), t.run, t.pid, t.tag.clone()))
+            .map(|t| {
+                let observed = matches!(t.handle, Judge::Observer(_));
+                (t.id.clone(), t.run, t.pid, t.tag.clone(), observed)
+            })
             .collect();
         let mut taken = std::mem::take(&mut probes);
         // /proc reads block; keep them off the runtime's worker threads.
         let sampled = tokio::task::spawn_blocking(move || {
             let now = std::time::Instant::now();
-            for (id, run, _, _) in &keys {
+            for (id, run, _, _, observed) in &keys {
                 taken.entry(id.clone()).or_insert_with(|| {
-                    let cgroup = area.as_ref().and_then(|a| a.open(id).ok().flatten());
+                    let cgroup = area
+                        .as_ref()
+                        .filter(|_| !observed)
+                        .and_then(|a| a.open(id).ok().flatten());
                     (*run, hsu_resource_limits::Probe::new(cgroup.as_ref(), true))
                 });
             }
@@ -1133,7 +1215,7 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
             let walk: Vec<(u32, &str)> = keys
                 .iter()
                 .filter(|(id, ..)| taken.get(id).is_some_and(|(_, p)| !p.has_cgroup()))
-                .map(|(_, _, pid, tag)| (*pid, tag.as_str()))
+                .map(|(_, _, pid, tag, _)| (*pid, tag.as_str()))
                 .collect();
             let mut trees: HashMap<u32, Vec<u32>> = walk
                 .iter()
@@ -1142,7 +1224,7 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
                 .collect();
             let samples: Vec<(String, hsu_resource_limits::Sample)> = keys
                 .iter()
-                .filter_map(|(id, _, pid, _)| {
+                .filter_map(|(id, _, pid, _, _)| {
                     let (_, probe) = taken.get_mut(id)?;
                     let tree = trees.remove(pid).unwrap_or_else(|| vec![*pid]);
                     Some((id.clone(), probe.sample(now, move || tree)))
@@ -1162,7 +1244,10 @@ async fn sample_forever(inner: std::sync::Weak<Inner>) {
                 continue;
             };
             if t.judged {
-                t.handle.report_usage(t.run, sample);
+                match &t.handle {
+                    Judge::Supervisor(h) => h.report_usage(t.run, sample),
+                    Judge::Observer(o) => o.report_usage(t.run, sample),
+                }
             }
             let u = sample.usage;
             fresh.insert(

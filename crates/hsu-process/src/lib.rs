@@ -20,9 +20,12 @@
 use hsu_common::StopSignal;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 mod command;
+#[cfg(target_os = "linux")]
+mod discover;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
@@ -270,6 +273,32 @@ impl ExitWatch {
 /// [`start_time`]); an error if it is gone or the PID now belongs to another process.
 pub fn watch_exit(pid: u32, started: u64) -> std::io::Result<ExitWatch> {
     platform::watch_exit(pid, started).map(ExitWatch)
+}
+
+/// The wall-clock time of a start time (see [`start_time`]), to the second the kernel
+/// gives the boot time in; `None` where the boot time cannot be read.
+pub fn started_at(started: u64) -> Option<SystemTime> {
+    platform::started_at(started)
+}
+
+/// The live process (not a zombie) whose PID the file at `path` holds as `<pid>\n`; `None`
+/// when the file is missing, holds no PID, or its process is gone. For discovering a
+/// process the manager did not start.
+pub fn by_pid_file(path: &Path) -> Option<u32> {
+    discover::by_pid_file(path)
+}
+
+/// The live process called `name` — its `comm` (what `ps` shows), or the file name of
+/// its executable — other than the manager itself. Of several, the one whose parent is
+/// not called `name` too (a server's master, not its workers), then the oldest.
+pub fn by_process_name(name: &str) -> Option<u32> {
+    discover::by_process_name(name)
+}
+
+/// The live process holding a TCP socket that listens on `port` (IPv4 or IPv6, any
+/// address). Of several holding it, chosen as [`by_process_name`] chooses.
+pub fn by_port(port: u16) -> Option<u32> {
+    discover::by_port(port)
 }
 
 /// Whether the manager runs with superuser rights (decides the default base directory).

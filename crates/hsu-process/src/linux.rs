@@ -831,6 +831,15 @@ pub fn start_time(pid: u32) -> Option<u64> {
     (!matches!(stat.state, 'Z' | 'X' | 'x')).then_some(stat.starttime)
 }
 
+/// Boot time (`btime` of `/proc/stat`) plus the start time in clock ticks.
+pub fn started_at(started: u64) -> Option<std::time::SystemTime> {
+    let boot = procfs::boot_time_secs().ok()?;
+    let ticks = procfs::ticks_per_second().max(1);
+    let after_boot = std::time::Duration::from_secs(started / ticks)
+        + std::time::Duration::from_nanos((started % ticks) * 1_000_000_000 / ticks);
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(boot) + after_boot)
+}
+
 /// This boot's identity (`/proc/sys/kernel/random/boot_id`): start times only compare
 /// within one boot.
 pub fn boot_id() -> Option<String> {
