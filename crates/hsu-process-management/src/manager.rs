@@ -441,7 +441,7 @@ impl ProcessManager {
             }
             _ => {
                 tokio::spawn(async move { previous.end(WHY).await });
-                self.supervise(def)
+                self.supervise(def, false)
             }
         }
     }

@@ -603,6 +603,7 @@ impl Observer {
                 circuit: Circuit::Closed,
                 next_restart_at: None,
                 resources: None,
+                adopted: false,
             },
             run,
             health,
