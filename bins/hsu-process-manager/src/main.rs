@@ -294,8 +294,6 @@ async fn serve(
     facade.on_log_level(logging.level_setter());
     let state = ApiState::new(facade.clone(), token.map(Into::into))
         .with_log_write_failures(logging.failures());
-    // Listeners first: a port in use fails the start before any process runs.
-    let server = hsu_api::server::start(state, listen).await?;
     tracing::info!(
         config = %cfg.source.display(),
         base = %base.display(),
@@ -310,10 +308,23 @@ async fn serve(
             config: cfg.source.display().to_string(),
         },
     );
-    // Handlers go in before the first child is spawned: a SIGTERM that arrives while
-    // processes start must shut them down, not kill the manager and orphan them.
+    // Handlers go in before any process is adopted or spawned: a SIGTERM that arrives
+    // while processes start must shut them down, not kill the manager and orphan them.
     let signals = Signals::install()?;
-    manager.launch(cfg.processes).await;
+    // Processes are known (and runs left by an earlier manager adopted) before the API
+    // answers, so status never misses a configured process; nothing starts before the
+    // listeners are up: a port in use fails the start before any process runs, and
+    // leaves adopted ones running.
+    let prepared = manager.prepare(cfg.processes);
+    let server = match hsu_api::server::start(state, listen).await {
+        Ok(server) => server,
+        Err(e) => {
+            facade.detach("the control API could not start").await;
+            facade.close_journal().await;
+            return Err(e.into());
+        }
+    };
+    manager.start_prepared(prepared).await;
 
     let reason = signals.wait_for_shutdown(&facade, args.run_duration).await;
     if facade.keep_processes_requested() {

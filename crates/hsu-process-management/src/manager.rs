@@ -86,6 +86,12 @@ pub enum ManagerError {
     },
 }
 
+/// What [`ProcessManager::prepare`] left for [`ProcessManager::start_prepared`].
+pub struct Prepared {
+    to_start: Vec<ProcessHandle>,
+    leftovers: Vec<ProcessHandle>,
+}
+
 /// What a reload changed, by process id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ReloadDiff {
@@ -193,6 +199,15 @@ impl ProcessManager {
     /// stays stopped, an open breaker stays open. A recorded run whose process is no
     /// longer configured (or no longer enabled) is adopted only to be stopped.
     pub async fn launch(&self, definitions: Vec<ProcessDefinition>) {
+        let prepared = self.prepare(definitions);
+        self.start_prepared(prepared).await;
+    }
+
+    /// The first half of [`Self::launch`]: takes on `definitions` (status answers for
+    /// each from now), adopts the runs an earlier manager left, and kills what no record
+    /// accounts for; nothing is started. A caller that then fails (its API cannot
+    /// listen) ends the manager with [`Self::detach`], leaving adopted runs untouched.
+    pub fn prepare(&self, definitions: Vec<ProcessDefinition>) -> Prepared {
         if let Some(problem) = self.inner.durable.problem() {
             self.inner.events.emit(
                 None,
@@ -230,6 +245,19 @@ impl ProcessManager {
         // After the entries are in place (status answers for every configured process),
         // before anything starts.
         self.kill_strays();
+        Prepared {
+            to_start,
+            leftovers,
+        }
+    }
+
+    /// The second half of [`Self::launch`]: starts what [`Self::prepare`] found to
+    /// start, and stops the adopted runs of processes no longer configured.
+    pub async fn start_prepared(&self, prepared: Prepared) {
+        let Prepared {
+            to_start,
+            leftovers,
+        } = prepared;
         let deadline = Instant::now() + self.inner.options.force_shutdown_timeout;
         let mut work = JoinSet::new();
         for handle in leftovers {
