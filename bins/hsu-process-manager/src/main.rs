@@ -288,7 +288,14 @@ async fn serve(
         force_shutdown_timeout: cfg.manager.force_shutdown_timeout,
         resource_sample_interval: cfg.manager.resource_sample_interval,
     };
+    if let Some(seq) = hsu_process_file::recorded_journal_seq(&base.join("state.json")) {
+        journal.continue_after(seq);
+    }
     let manager = ProcessManager::new(options, journal.clone())?;
+    let seq_of = Arc::downgrade(&journal);
+    manager.record_journal_seq(Arc::new(move || {
+        seq_of.upgrade().map(|j| j.next_seq().saturating_sub(1))
+    }));
     let facade = ManagerFacade::new(manager.clone(), journal.clone(), cfg.source.clone());
     facade.set_running_config(&cfg, token.is_some());
     facade.on_log_level(logging.level_setter());

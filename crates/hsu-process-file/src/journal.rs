@@ -289,6 +289,13 @@ impl Journal {
         lock(&self.state).next_seq
     }
 
+    /// Makes the next `seq` come after `seq` (the last one an earlier manager recorded in
+    /// `state.json`), should the journal files have lost it: `seq` never goes back.
+    pub fn continue_after(&self, seq: u64) {
+        let mut state = lock(&self.state);
+        state.next_seq = state.next_seq.max(seq.saturating_add(1));
+    }
+
     /// Every stored event with a `seq` above `since` (all of them for `None`), oldest
     /// first. Recent events come from memory; files are read (newest first) only for
     /// older ones, and only as far back as needed. Blocking: call it off the runtime's

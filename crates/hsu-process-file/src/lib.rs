@@ -15,7 +15,10 @@ mod writer;
 pub use journal::{Follow, Journal, JournalError, JournalOptions};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
-pub use state_file::{BudgetRecord, Desired, ProcessRecord, RestartRecord, RunRecord, StateFile};
+pub use state_file::{
+    recorded_journal_seq, BudgetRecord, Desired, ProcessRecord, RestartRecord, RunRecord,
+    SeqSource, StateFile,
+};
 pub use writer::FileWriter;
 
 /// Mode of the files the manager creates under its base directory: the operator's group

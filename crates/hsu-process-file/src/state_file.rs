@@ -26,9 +26,15 @@ const VERSION: u32 = 1;
 struct DurableState {
     #[serde(default)]
     version: u32,
+    /// The journal's last `seq` when this was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journal_seq: Option<u64>,
     #[serde(default)]
     processes: BTreeMap<String, ProcessRecord>,
 }
+
+/// Where [`StateFile`] reads the journal's last `seq` from when it writes.
+pub type SeqSource = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
 
 /// What the operator wants of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,12 +147,29 @@ pub struct BudgetRecord {
 /// The durable state file. Cheap to share; every change is queued to the background
 /// [`FileWriter`] at once (never written on the caller's thread), and a burst of changes
 /// costs one write of the newest state.
-#[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
     state: Arc<Mutex<DurableState>>,
     writer: FileWriter,
     problem: Option<String>,
+    seq: Arc<Mutex<Option<SeqSource>>>,
+}
+
+impl std::fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// The journal `seq` recorded in the state file at `path`, read on its own (before the
+/// journal is opened); `None` when there is none or the file does not parse.
+pub fn recorded_journal_seq(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice::<DurableState>(&bytes)
+        .ok()?
+        .journal_seq
 }
 
 impl StateFile {
@@ -185,7 +208,14 @@ impl StateFile {
             state: Arc::new(Mutex::new(state)),
             writer,
             problem,
+            seq: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Records the journal's last `seq` with every write from now on.
+    pub fn record_journal_seq(&self, source: SeqSource) {
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
+        self.save();
     }
 
     /// What was wrong with the file when it was opened, if anything.
@@ -248,9 +278,14 @@ impl StateFile {
         // The writer keeps one pending change per path: a burst costs one write, of the
         // state as it is when the write's turn comes.
         let state = self.state.clone();
+        let seq = self.seq.clone();
         self.writer.snapshot(self.path.clone(), move || {
             let mut state = lock(&state).clone();
             state.version = VERSION;
+            let source = seq.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(source) = source {
+                state.journal_seq = source().or(state.journal_seq);
+            }
             serde_json::to_vec_pretty(&state).ok()
         });
     }
@@ -325,7 +360,9 @@ mod tests {
         assert_eq!(api.run, Some(run(77)));
         assert_eq!(api.restart_count, 3);
         s.update("api", |r| r.run = None);
+        s.record_journal_seq(Arc::new(|| Some(41)));
         s.flush();
+        assert_eq!(recorded_journal_seq(&path), Some(41));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 1"), "{text}");
         assert!(!text.contains("\"pid\""), "{text}");

@@ -842,6 +842,12 @@ impl ProcessManager {
         });
     }
 
+    /// From now on `state.json` records the journal's last `seq` (from `source`) with
+    /// every write, so that a journal whose files were lost still never goes back.
+    pub fn record_journal_seq(&self, source: hsu_process_file::SeqSource) {
+        self.inner.durable.record_journal_seq(source);
+    }
+
     /// Asks whoever runs the manager to end it leaving every process running (see
     /// [`ProcessManager::detach`]); a shutdown requested earlier stays what it was.
     pub fn request_detach(&self, reason: &str) {

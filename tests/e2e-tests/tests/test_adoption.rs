@@ -99,6 +99,10 @@ fn a_new_manager_adopts_what_the_killed_one_started() {
         "nothing spawned by the new manager:\n{}",
         format_events(&adopted)
     );
+    // Adopted trees are sampled like spawned ones.
+    api.wait_process("a", "sampled", LONG, |p| {
+        p["resources"]["processes"].as_u64() == Some(2)
+    });
     let out = pm.cli(&["status", "a"]);
     out.expect_success();
     assert!(out.stdout.contains("adopted: yes"), "{}", out.stdout);
@@ -513,5 +517,40 @@ fn an_unrecorded_tree_is_not_left_beside_a_fresh_copy() {
     pm.wait_for_event("an alert naming svc", SHORT, |e| {
         e.kind == "alert" && e.str("message").is_some_and(|m| m.contains("svc (pid"))
     });
+    pm.shutdown_cleanly(LONG);
+}
+
+/// `state.json` keeps the journal's `seq`: with the journal files lost, the next manager's
+/// events still come after the last one recorded.
+#[test]
+fn seq_goes_on_when_the_journal_files_are_lost() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0"],
+        "graceful_timeout: 5s\nrestart_policy: on_failure",
+    );
+    let run = TestRun::new("e2e-test-adopt-seq");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    pm.api().wait_running("svc", SHORT);
+    wait_recorded(pm.run(), &["svc"]);
+    wait_for("state.json to record a seq", SHORT, || {
+        state_json(pm.run())["journal_seq"]
+            .as_u64()
+            .is_some_and(|s| s >= 3)
+    });
+    let recorded = state_json(pm.run())["journal_seq"].as_u64().unwrap();
+    let run = pm.kill_leaving_processes();
+    for entry in std::fs::read_dir(&run.base_dir).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("events.jsonl")
+        {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let first = pm.wait_for_event("manager_started", SHORT, |e| e.kind == "manager_started");
+    assert!(first.seq > recorded, "{first} after seq {recorded}");
     pm.shutdown_cleanly(LONG);
 }
