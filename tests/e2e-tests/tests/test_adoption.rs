@@ -554,3 +554,88 @@ fn seq_goes_on_when_the_journal_files_are_lost() {
     assert!(first.seq > recorded, "{first} after seq {recorded}");
     pm.shutdown_cleanly(LONG);
 }
+
+/// The manager killed in the middle of a stop by hand (the process ignores SIGTERM and
+/// waits out its graceful timeout): the next manager adopts the run and finishes the stop;
+/// the process ends stopped, nothing of it left.
+#[test]
+fn a_stop_cut_short_by_kill_9_is_finished_by_the_next_manager() {
+    let config = single_process_config(
+        "svc",
+        &["--run-duration", "0", "--ignore-sigterm"],
+        "graceful_timeout: 3s\nrestart_policy: always",
+    );
+    let run = TestRun::new("e2e-test-adopt-mid-stop");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    let pid = api.wait_running("svc", SHORT);
+    wait_recorded(pm.run(), &["svc"]);
+    let stopper = {
+        let api = api.clone();
+        std::thread::spawn(move || api.try_request("POST", "/api/v1/processes/svc/stop", &[], None))
+    };
+    api.wait_process("svc", "stopping", SHORT, |p| p["state"] == "stopping");
+    wait_for("state.json to say stopped by hand", SHORT, || {
+        state_json(pm.run())["processes"]["svc"]["desired"] == "stopped"
+    });
+    let run = pm.kill_leaving_processes();
+    let _ = stopper.join();
+    assert!(pid_alive(pid), "SIGTERM is ignored: still there");
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    pm.wait_for_event("adopted", SHORT, |e| e.kind == "adopted");
+    api.wait_process("svc", "stopped", LONG, |p| p["state"] == "stopped");
+    assert_all_gone("the adopted run, stopped", &[pid], SHORT);
+    assert!(copies_of(pm.run(), "svc").is_empty(), "nothing of svc left");
+    pm.shutdown_cleanly(LONG);
+}
+
+/// `kill -9` of the manager again and again while a process crash-loops (restarts with no
+/// delay): after each new manager takes over there is never more than one copy, and the
+/// last shutdown leaves nothing.
+#[test]
+fn kill_9_during_a_crash_loop_never_leaves_two_copies() {
+    let config = single_process_config(
+        "loop",
+        &["--crash-after", "0.02", "--spawn-children", "1"],
+        "graceful_timeout: 2s\nrestart_policy: always\nrestart:\n  retry_delay: 0s\n  \
+         max_retries: 1000000\n  window: 1s",
+    );
+    let mut run = TestRun::new("e2e-test-adopt-crash-loop");
+    for round in 1..=5 {
+        let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+        let seen = pm.events().len();
+        pm.wait_for_journal("a few restarts", LONG, |events| {
+            (events
+                .iter()
+                .skip(seen)
+                .filter(|e| e.kind == "spawned" || e.kind == "adopted")
+                .count()
+                >= 3)
+                .then_some(())
+        });
+        run = pm.kill_leaving_processes();
+        let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+        pm.api()
+            .wait_process("loop", "supervised again", LONG, |p| {
+                p["state"] == "running" || p["state"] == "failed" || p["state"] == "starting"
+            });
+        // Whatever the kill interrupted, one run (main process and child) at most.
+        let mains: Vec<u32> = copies_of(pm.run(), "loop")
+            .into_iter()
+            .filter(|&p| !cmdline(p).contains("--run-duration"))
+            .collect();
+        assert!(
+            mains.len() <= 1,
+            "round {round}: {} copies: {mains:?}",
+            mains.len()
+        );
+        run = if round == 5 {
+            pm.shutdown_cleanly(LONG);
+            break;
+        } else {
+            pm.kill_leaving_processes()
+        };
+    }
+}
