@@ -639,3 +639,33 @@ fn kill_9_during_a_crash_loop_never_leaves_two_copies() {
         };
     }
 }
+
+/// An adopted run is held to its limits like a spawned one: memory that grows past
+/// `max_rss` after the adoption gets the policy (`restart`), from the new manager.
+#[test]
+fn an_adopted_run_is_held_to_its_limits() {
+    let config = single_process_config(
+        "grower",
+        &["--run-duration", "0", "--memory-growth-mb-per-sec", "6"],
+        "graceful_timeout: 2s\nrestart_policy: on_failure\n\
+         limits: {memory: {max_rss: 40MiB, policy: restart}}",
+    );
+    let run = TestRun::new("e2e-test-adopt-limits");
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let pid = pm.api().wait_running("grower", SHORT);
+    wait_recorded(pm.run(), &["grower"]);
+    let run = pm.kill_leaving_processes();
+
+    let mut pm = ProcessManager::start_with_args(run, &config, &[]);
+    let api = pm.api();
+    pm.wait_for_event("adopted", SHORT, |e| e.kind == "adopted");
+    let violation = pm.wait_for_event("a memory violation", LONG, |e| {
+        e.is_kind("grower", "resource_violation")
+    });
+    assert_eq!(violation.str("resource"), Some("memory"), "{violation}");
+    api.wait_process("grower", "restarted", LONG, |p| {
+        p["state"] == "running" && p["pid"].as_u64().is_some_and(|p| p != u64::from(pid))
+    });
+    assert!(!pid_alive(pid), "the adopted run was stopped for its limit");
+    pm.shutdown_cleanly(LONG);
+}
