@@ -395,34 +395,15 @@ impl Observer {
             environment: control.map(|c| c.environment.clone()).unwrap_or_default(),
         };
         let (first, every) = (s.found + hc.initial_delay, hc.interval);
-        let (platform, internal, run) = (self.ctx.platform.clone(), self.internal.clone(), s.run);
-        let task = tokio::spawn(async move {
-            // As a supervisor's checker: one check at a time, each bounded by its timeout.
-            let mut ticks = tokio::time::interval_at(first, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let timeout = request.timeout;
-                let started = std::time::Instant::now();
-                let probe = platform.probe(request.clone());
-                let outcome =
-                    match tokio::time::timeout(timeout + Duration::from_secs(1), probe).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => ProbeOutcome {
-                            result: Err(format!(
-                                "timed out after {}",
-                                humantime::format_duration(timeout)
-                            )),
-                            latency: started.elapsed(),
-                            at: SystemTime::now(),
-                        },
-                    };
-                if internal.send(Internal::Probed(run, outcome)).is_err() {
-                    return;
-                }
-            }
-        });
-        Some(task.abort_handle())
+        let (internal, run) = (self.internal.clone(), s.run);
+        // As a supervisor's checker: one check at a time, each bounded by its timeout.
+        Some(crate::platform::spawn_checker(
+            self.ctx.platform.clone(),
+            request,
+            first,
+            every,
+            move |outcome| internal.send(Internal::Probed(run, outcome)).is_ok(),
+        ))
     }
 
     fn on_probed(&mut self, run: RunId, outcome: ProbeOutcome) {

@@ -58,6 +58,46 @@ pub struct ProbeRequest {
     pub environment: BTreeMap<String, String>,
 }
 
+/// Starts the task that probes one run: the first check at `first`, then every `every`,
+/// one check at a time (timeout < interval), each bounded by its timeout (with a safety
+/// net of a second: the probe bounds itself). A check that overran its slot is followed
+/// by the next one an interval later. Each outcome goes to `report`; the task ends when
+/// `report` returns false (its receiver is gone) or when it is aborted.
+pub fn spawn_checker(
+    platform: std::sync::Arc<dyn Platform>,
+    request: ProbeRequest,
+    first: tokio::time::Instant,
+    every: Duration,
+    report: impl Fn(ProbeOutcome) -> bool + Send + 'static,
+) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(first, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let timeout = request.timeout;
+            let started = std::time::Instant::now();
+            let probe = platform.probe(request.clone());
+            let outcome = match tokio::time::timeout(timeout + Duration::from_secs(1), probe).await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => ProbeOutcome {
+                    result: Err(format!(
+                        "timed out after {}",
+                        humantime::format_duration(timeout)
+                    )),
+                    latency: started.elapsed(),
+                    at: std::time::SystemTime::now(),
+                },
+            };
+            if !report(outcome) {
+                return;
+            }
+        }
+    });
+    task.abort_handle()
+}
+
 /// What the supervisors need from the operating system. Nothing here may block for
 /// longer than a few `/proc` reads.
 pub trait Platform: Send + Sync + 'static {

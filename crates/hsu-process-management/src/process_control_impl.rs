@@ -972,11 +972,7 @@ impl Supervisor {
         self.watch_ready_line(run_id);
         self.tracker.on_start(spawned.into_std());
         let check = self.health_check(rec.port);
-        let grace = self
-            .def
-            .health_check
-            .startup_grace_period
-            .max(self.tracker.tuning().startup_grace_period);
+        let grace = self.startup_grace();
         let run = Run {
             id: run_id,
             pid,
@@ -2045,11 +2041,7 @@ impl Supervisor {
                 self.tracker.on_start(now.into_std());
                 tracing::info!(id = self.id(), pid, "started");
                 let check = self.health_check(port);
-                let grace = self
-                    .def
-                    .health_check
-                    .startup_grace_period
-                    .max(self.tracker.tuning().startup_grace_period);
+                let grace = self.startup_grace();
                 let run = Run {
                     id: run,
                     pid,
@@ -2085,6 +2077,15 @@ impl Supervisor {
                 self.fail_or_stop(decision, e.to_string(), None, now);
             }
         }
+    }
+
+    /// How long after a run's start failed checks do not count: the health check's
+    /// `startup_grace_period` or the restart tuning's, whichever is longer.
+    fn startup_grace(&self) -> Duration {
+        self.def
+            .health_check
+            .startup_grace_period
+            .max(self.tracker.tuning().startup_grace_period)
     }
 
     /// Watches the new run's output for `ready_log_line` (the `log_ready` condition).
@@ -2371,37 +2372,17 @@ impl Supervisor {
             environment: self.control.environment.clone(),
         };
         let (first, every) = (r.spawned + hc.initial_delay, hc.interval);
-        let (platform, internal, run) = (self.ctx.platform.clone(), self.internal.clone(), r.id);
-        let task = tokio::spawn(async move {
-            // One check at a time per process (timeout < interval); checks of different
-            // processes run in their own tasks and never wait on each other. A check
-            // that overran its slot is followed by the next one an interval later.
-            let mut ticks = tokio::time::interval_at(first, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let timeout = request.timeout;
-                let started = std::time::Instant::now();
-                let probe = platform.probe(request.clone());
-                // A safety net: the probe bounds itself by the timeout.
-                let outcome =
-                    match tokio::time::timeout(timeout + Duration::from_secs(1), probe).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => ProbeOutcome {
-                            result: Err(format!(
-                                "timed out after {}",
-                                humantime::format_duration(timeout)
-                            )),
-                            latency: started.elapsed(),
-                            at: SystemTime::now(),
-                        },
-                    };
-                if internal.send(Internal::Probed(run, outcome)).is_err() {
-                    return;
-                }
-            }
-        });
-        self.checker = Some((run, task.abort_handle()));
+        let (internal, run) = (self.internal.clone(), r.id);
+        // Checks of different processes run in their own tasks and never wait on each
+        // other.
+        let task = crate::platform::spawn_checker(
+            self.ctx.platform.clone(),
+            request,
+            first,
+            every,
+            move |outcome| internal.send(Internal::Probed(run, outcome)).is_ok(),
+        );
+        self.checker = Some((run, task));
     }
 
     fn open_log(&self, stream: Stream, capture: bool) -> Option<File> {
