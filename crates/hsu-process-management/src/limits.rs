@@ -2,6 +2,7 @@
 //! `hsu-resource-limits`, the per-run state (the cgroup, the watch over samples, a
 //! throttle), and what status shows of it ([`LimitsView`]).
 
+use hsu_common::{EventKind, EventSink};
 use hsu_managed_process as model;
 use hsu_resource_limits as rl;
 use std::sync::Arc;
@@ -97,6 +98,71 @@ impl RunLimits {
 }
 
 /// `memory 82.0MiB > 20.0MiB`.
+/// Journals and logs what a finding says — a warning, a violation (its policy as the
+/// action), the OOM killer's kills — for process `id`. Acting on it is the caller's.
+pub(crate) fn journal_finding(id: &str, finding: &rl::Finding, events: &dyn EventSink) {
+    match *finding {
+        rl::Finding::Warning {
+            resource,
+            value,
+            limit,
+            ..
+        } => {
+            tracing::info!(
+                id,
+                "{} (warning threshold)",
+                describe(resource, value, limit)
+            );
+            events.emit(
+                Some(id),
+                EventKind::ResourceWarning {
+                    resource: resource.name().into(),
+                    value,
+                    limit,
+                },
+            );
+        }
+        rl::Finding::OomKilled { kills, limit } => {
+            tracing::warn!(id, "the kernel's OOM killer ended the tree ({kills} kills)");
+            events.emit(
+                Some(id),
+                EventKind::ResourceViolation {
+                    resource: "memory".into(),
+                    value: kills as f64,
+                    limit: limit.unwrap_or(0.0),
+                    action: "oom_killed".into(),
+                },
+            );
+        }
+        rl::Finding::Violation {
+            resource,
+            value,
+            limit,
+            policy,
+        } => events.emit(
+            Some(id),
+            EventKind::ResourceViolation {
+                resource: resource.name().into(),
+                value,
+                limit,
+                action: policy.name().into(),
+            },
+        ),
+        rl::Finding::Recovered { .. } => {}
+    }
+}
+
+/// The `alert` policy's event and log line for `what` (a crossed limit, described).
+pub(crate) fn raise_alert(id: &str, what: &str, events: &dyn EventSink) {
+    tracing::warn!(id, "alert: limit exceeded: {what}");
+    events.emit(
+        Some(id),
+        EventKind::Alert {
+            message: format!("limit exceeded: {what}"),
+        },
+    );
+}
+
 pub(crate) fn describe(resource: rl::Resource, value: f64, limit: f64) -> String {
     let show = |v: f64| match resource {
         rl::Resource::Memory => bytesize::ByteSize(v as u64).to_string(),

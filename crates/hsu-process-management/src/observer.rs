@@ -473,34 +473,11 @@ impl Observer {
     fn on_finding(&mut self, finding: rl::Finding) {
         use rl::{Finding, LimitPolicy};
         let id = self.def.id.clone();
-        let emit = |kind: EventKind| self.ctx.events.emit(Some(&id), kind);
+        crate::limits::journal_finding(&id, &finding, self.ctx.events.as_ref());
         match finding {
-            Finding::Warning {
-                resource,
-                value,
-                limit,
-                ..
-            } => {
-                let what = crate::limits::describe(resource, value, limit);
-                tracing::info!(id = id.as_str(), "{what} (warning threshold)");
-                emit(EventKind::ResourceWarning {
-                    resource: resource.name().into(),
-                    value,
-                    limit,
-                });
-            }
+            Finding::Warning { .. } | Finding::OomKilled { .. } => {}
             Finding::Recovered { resource, .. } => {
                 self.alerts.remove(resource.name());
-            }
-            Finding::OomKilled { kills, limit } => {
-                // Only a cgroup of the manager's reports these; an unmanaged process is
-                // in none. Reported all the same.
-                emit(EventKind::ResourceViolation {
-                    resource: "memory".into(),
-                    value: kills as f64,
-                    limit: limit.unwrap_or(0.0),
-                    action: "oom_killed".into(),
-                });
             }
             Finding::Violation {
                 resource,
@@ -509,19 +486,10 @@ impl Observer {
                 policy,
             } => {
                 let what = crate::limits::describe(resource, value, limit);
-                emit(EventKind::ResourceViolation {
-                    resource: resource.name().into(),
-                    value,
-                    limit,
-                    action: policy.name().into(),
-                });
                 match policy {
                     LimitPolicy::None => {}
                     LimitPolicy::Alert => {
-                        tracing::warn!(id = id.as_str(), "alert: limit exceeded: {what}");
-                        emit(EventKind::Alert {
-                            message: format!("limit exceeded: {what}"),
-                        });
+                        crate::limits::raise_alert(&id, &what, self.ctx.events.as_ref());
                         self.alerts_total += 1;
                         self.alerts.insert(resource.name(), what);
                     }

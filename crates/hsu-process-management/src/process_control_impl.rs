@@ -2166,39 +2166,13 @@ impl Supervisor {
 
     fn on_finding(&mut self, run: RunId, finding: rl::Finding, now: Instant) {
         use rl::{Finding, LimitPolicy};
+        crate::limits::journal_finding(self.id(), &finding, self.ctx.events.as_ref());
         match finding {
-            Finding::Warning {
-                resource,
-                value,
-                limit,
-                ..
-            } => {
-                tracing::info!(
-                    id = self.id(),
-                    "{} (warning threshold)",
-                    crate::limits::describe(resource, value, limit)
-                );
-                self.emit(EventKind::ResourceWarning {
-                    resource: resource.name().into(),
-                    value,
-                    limit,
-                });
-            }
+            Finding::Warning { .. } => {}
             Finding::Recovered { resource, .. } => {
                 self.alerts.remove(resource.name());
             }
-            Finding::OomKilled { kills, limit } => {
-                tracing::warn!(
-                    id = self.id(),
-                    "the kernel's OOM killer ended the tree ({kills} kills)"
-                );
-                self.emit(EventKind::ResourceViolation {
-                    resource: "memory".into(),
-                    value: kills as f64,
-                    limit: limit.unwrap_or(0.0),
-                    action: "oom_killed".into(),
-                });
-            }
+            Finding::OomKilled { .. } => {}
             Finding::Violation {
                 resource,
                 value,
@@ -2206,22 +2180,13 @@ impl Supervisor {
                 policy,
             } => {
                 let what = crate::limits::describe(resource, value, limit);
-                self.emit(EventKind::ResourceViolation {
-                    resource: resource.name().into(),
-                    value,
-                    limit,
-                    action: policy.name().into(),
-                });
                 match policy {
                     LimitPolicy::None => {}
                     LimitPolicy::Log => tracing::warn!(id = self.id(), "limit exceeded: {what}"),
                     LimitPolicy::Alert => {
-                        tracing::warn!(id = self.id(), "alert: limit exceeded: {what}");
+                        crate::limits::raise_alert(self.id(), &what, self.ctx.events.as_ref());
                         self.alerts_total += 1;
                         self.alerts.insert(resource.name(), what.clone());
-                        self.emit(EventKind::Alert {
-                            message: format!("limit exceeded: {what}"),
-                        });
                     }
                     LimitPolicy::Throttle => {
                         tracing::warn!(id = self.id(), "limit exceeded: {what}; throttling");
