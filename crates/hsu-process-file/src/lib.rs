@@ -16,8 +16,8 @@ pub use journal::{Follow, Journal, JournalError, JournalOptions};
 pub use lock::{LockError, ManagerLock};
 pub use pid_file::PidFiles;
 pub use state_file::{
-    recorded_journal_seq, BudgetRecord, Desired, ProcessRecord, RestartRecord, RunRecord,
-    SeqSource, StateFile,
+    recorded_journal_seq, BudgetRecord, Definition, Desired, ProcessRecord, RestartRecord,
+    RunRecord, SeqSource, StateFile,
 };
 pub use writer::FileWriter;
 

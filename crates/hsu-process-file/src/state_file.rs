@@ -111,8 +111,35 @@ pub struct RunRecord {
     pub graceful_timeout_ms: u64,
     /// The definition it was spawned with, as the manager's JSON: a new manager restarts
     /// an adopted run whose definition changed.
-    #[serde(default)]
-    pub definition: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<Definition>,
+}
+
+/// A definition as JSON text, made once per run and copied into every write of the file
+/// as it is (never parsed or re-encoded on the way): with hundreds of processes, each
+/// write of `state.json` stays a copy of bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Definition(pub Arc<serde_json::value::RawValue>);
+
+impl Definition {
+    /// The JSON of `value`.
+    pub fn of(value: &impl Serialize) -> Option<Definition> {
+        serde_json::value::to_raw_value(value)
+            .ok()
+            .map(|raw| Definition(Arc::from(raw)))
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Definition {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.json() == other.json()
+    }
 }
 
 /// The restart bookkeeping of one process, with instants as wall-clock times.
@@ -332,7 +359,7 @@ mod tests {
             executable: "/bin/sleep".into(),
             stop_signal: "SIGTERM".into(),
             graceful_timeout_ms: 1000,
-            definition: serde_json::json!({"id": "web"}),
+            definition: Definition::of(&serde_json::json!({"id": "web"})),
         }
     }
 

@@ -337,7 +337,7 @@ impl ProcessManager {
             return None;
         };
         // Judged by nothing but its PID and start time: no definition to compare.
-        run.definition = serde_json::Value::Null;
+        run.definition = None;
         let mut control = ControlSpec::new(run.executable.clone(), "/");
         control.stop_signal = run.stop_signal.parse().unwrap_or_default();
         if run.graceful_timeout_ms > 0 {

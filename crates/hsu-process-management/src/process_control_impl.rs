@@ -642,7 +642,7 @@ struct Supervisor {
     /// What was last recorded in `state.json` (see [`Supervisor::persist`]).
     persisted: Option<PersistKey>,
     /// The definition as JSON, recorded with each run (made once per definition).
-    def_json: Option<Arc<serde_json::Value>>,
+    def_json: Option<hsu_process_file::Definition>,
     /// Ended by `Detach`: the process runs on and its cgroup stays.
     detached: bool,
     /// Ended because a reload removed it: its `state.json` record goes too.
@@ -861,7 +861,7 @@ impl Supervisor {
         if let Some(run) = record.run.as_ref().filter(same_boot) {
             match self.ctx.platform.adopt(run.pid, run.start_time) {
                 Ok(exit) => {
-                    let changed = definition_changed(&run.definition, &self.def);
+                    let changed = definition_changed(run.definition.as_ref(), &self.def);
                     self.adopt_run(run, exit, now, wall);
                     if record.stopped_by_hand() {
                         let why = "stopped by hand (recorded by the earlier manager)";
@@ -1057,11 +1057,9 @@ impl Supervisor {
     /// could never be told from a later process with its PID).
     fn run_record(&mut self, r: &Run) -> Option<RunRecord> {
         let start_time = r.start_time?;
-        let def = &self.def;
-        let definition = self
-            .def_json
-            .get_or_insert_with(|| Arc::new(serde_json::to_value(def).unwrap_or_default()))
-            .clone();
+        if self.def_json.is_none() {
+            self.def_json = hsu_process_file::Definition::of(&self.def);
+        }
         Some(RunRecord {
             pid: r.pid,
             start_time,
@@ -1071,7 +1069,7 @@ impl Supervisor {
             executable: self.control.executable.clone(),
             stop_signal: self.control.stop_signal.name().to_owned(),
             graceful_timeout_ms: self.control.graceful_timeout.as_millis() as u64,
-            definition: (*definition).clone(),
+            definition: self.def_json.clone(),
         })
     }
 
@@ -2653,7 +2651,10 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// Whether `def` differs from the definition a run was spawned with (as recorded). Only
 /// what the recording manager wrote is compared: a field it did not know of cannot have
 /// been set for that run, so a manager upgrade alone restarts nothing.
-fn definition_changed(recorded: &serde_json::Value, def: &ProcessDefinition) -> bool {
+fn definition_changed(
+    recorded: Option<&hsu_process_file::Definition>,
+    def: &ProcessDefinition,
+) -> bool {
     fn differs(old: &serde_json::Value, new: &serde_json::Value) -> bool {
         match (old, new) {
             (serde_json::Value::Object(o), serde_json::Value::Object(n)) => o
@@ -2662,10 +2663,10 @@ fn definition_changed(recorded: &serde_json::Value, def: &ProcessDefinition) -> 
             _ => old != new,
         }
     }
-    if recorded.is_null() {
+    let Some(recorded) = recorded.and_then(|d| serde_json::from_str(d.json()).ok()) else {
         return false;
-    }
-    serde_json::to_value(def).is_ok_and(|now| differs(recorded, &now))
+    };
+    serde_json::to_value(def).is_ok_and(|now| differs(&recorded, &now))
 }
 
 fn round_ms(d: Duration) -> Duration {
